@@ -1,0 +1,28 @@
+"""fastrnn: a fast, exact vanilla RNN (tanh recurrence, softmax output) for numpy users.
+
+    A_t = X_t U + H_{t-1} W + b,  H_t = tanh(A_t),  O_t = H_t V + c,  Ŷ_t = softmax(O_t)
+
+The same math runs on several backends ('numba', 'c', 'numpy'); the numpy one is
+the readable reference every other is tested against. See :func:`backends`.
+"""
+
+from ._params import Grads, LayerGrads, Params, init_params
+from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
+from .backends import backends, get_backend, set_backend, unavailable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Params",
+    "Grads",
+    "LayerGrads",
+    "init_params",
+    "loss_and_grads",
+    "predict_proba",
+    "rnn_forward",
+    "rnn_backward",
+    "backends",
+    "get_backend",
+    "set_backend",
+    "unavailable",
+]

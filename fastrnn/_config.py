@@ -1,0 +1,16 @@
+"""Configuration read once, in one place: backend choice and Numba flags."""
+
+import os
+
+#: Environment variable naming the default backend ("numba", "c" or "numpy").
+BACKEND_ENV = "FASTRNN_BACKEND"
+
+#: Backends in order of preference; the first that loads is the default.
+BACKEND_ORDER = ("numba", "c", "numpy")
+
+#: The backend the environment asks for, or None. Read once, at import.
+REQUESTED_BACKEND = os.environ.get(BACKEND_ENV, "").strip().lower() or None
+
+#: Flags for every @njit kernel. No fastmath: results must match the reference
+#: to the last digits, and NaN/inf must keep behaving.
+NUMBA_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")

@@ -1,0 +1,223 @@
+"""Input checking shared by every public function.
+
+Everything is checked before any kernel runs; a failure raises TypeError or
+ValueError naming the argument and what was expected. What passes is returned
+as C-contiguous, time-major arrays ready for a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._params import Params
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_array(name, value):
+    try:
+        return np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from exc
+
+
+def _check_float(name, a, dtype=None):
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but the parameters are {dtype}; "
+            "fastrnn never casts silently, so convert one of them"
+        )
+
+
+def _check_finite(name, a):
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _check_shape(name, a, expected, letters):
+    if a.shape != tuple(expected):
+        want = "(" + ", ".join(f"{k}={s}" for k, s in zip(letters, expected)) + (",)" if len(expected) == 1 else ")")
+        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+
+
+def check_weights(names_and_values):
+    """Float arrays of one dtype, finite and C-contiguous: returns (arrays, dtype)."""
+    arrays = []
+    for name, value in names_and_values:
+        a = _as_array(name, value)
+        _check_float(name, a)
+        arrays.append(a)
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{n} {a.dtype}" for (n, _), a in zip(names_and_values, arrays))
+        raise TypeError(f"the parameters mix float dtypes ({listing}); all must be float32 or all float64")
+    return arrays, arrays[0].dtype
+
+
+def check_params(params):
+    """Validate a Params (or any 5-sequence U, W, V, b, c); return contiguous Params."""
+    if isinstance(params, np.ndarray) or not hasattr(params, "__len__") or len(params) != 5:
+        raise TypeError(f"params must be a fastrnn.Params(U, W, V, b, c), got {type(params).__name__}")
+    names = [f"params.{k}" for k in Params._fields]
+    (U, W, V, b, c), dtype = check_weights(list(zip(names, params)))
+    if U.ndim != 2:
+        raise ValueError(f"params.U must have shape (d, h), got {U.shape}")
+    d, h = U.shape
+    if V.ndim != 2:
+        raise ValueError(f"params.V must have shape (h, v), got {V.shape}")
+    v = V.shape[1]
+    if min(d, h, v) < 1:
+        raise ValueError(f"d, h and v must be at least 1; params.U is {U.shape}, params.V is {V.shape}")
+    _check_shape("params.W", W, (h, h), "hh")
+    _check_shape("params.V", V, (h, v), "hv")
+    _check_shape("params.b", b, (h,), "h")
+    _check_shape("params.c", c, (v,), "v")
+    out = []
+    for name, a in zip(names, (U, W, V, b, c)):
+        _check_finite(name, a)
+        out.append(np.ascontiguousarray(a))
+    return Params(*out)
+
+
+def check_recurrent_weights(U, W, b=None):
+    """The layer-level functions' weights: U (d, h), W (h, h) and optionally b (h,)."""
+    pairs = [("U", U), ("W", W)] + ([("b", b)] if b is not None else [])
+    arrays, dtype = check_weights(pairs)
+    U, W = arrays[0], arrays[1]
+    if U.ndim != 2 or min(U.shape) < 1:
+        raise ValueError(f"U must have shape (d, h) with d, h >= 1, got {U.shape}")
+    h = U.shape[1]
+    _check_shape("W", W, (h, h), "hh")
+    if b is not None:
+        _check_shape("b", arrays[2], (h,), "h")
+    for (name, _), a in zip(pairs, arrays):
+        _check_finite(name, a)
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the caller laid out the sequence axes, and the way back to it."""
+
+    T: int
+    n: int
+    unbatched: bool
+    batch_first: bool
+
+    def seq_to_user(self, a):
+        """A time-major (T, n, ...) result in the caller's layout."""
+        if a is None:
+            return None
+        if self.unbatched:
+            return a[:, 0]
+        return a.swapaxes(0, 1) if self.batch_first else a
+
+    def seq_from_user(self, name, value, trailing, dtype, letters):
+        """A per-timestep float array (T, n, *trailing) from the caller's layout."""
+        a = _as_array(name, value)
+        _check_float(name, a, dtype)
+        _check_shape(name, a, self.user_shape(trailing), self.user_letters(letters))
+        _check_finite(name, a)
+        if self.unbatched:
+            a = a[:, None]
+        elif self.batch_first:
+            a = a.swapaxes(0, 1)
+        return np.ascontiguousarray(a)
+
+    def state_to_user(self, a):
+        return a[0] if self.unbatched else a
+
+    def user_shape(self, trailing=()):
+        if self.unbatched:
+            return (self.T, *trailing)
+        return ((self.n, self.T) if self.batch_first else (self.T, self.n)) + tuple(trailing)
+
+    def user_letters(self, trailing=""):
+        if self.unbatched:
+            return "T" + trailing
+        return ("nT" if self.batch_first else "Tn") + trailing
+
+
+def check_inputs(inputs, d, dtype, batch_first):
+    """Float (T, n, d) or integer ids (T, n) [(n, T, ...) with batch_first; (T, d) or
+    (T,) for one sequence]. Returns (time-major contiguous inputs, Layout)."""
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    x = _as_array("inputs", inputs)
+    kind = x.dtype.kind
+    if kind == "f":
+        _check_float("inputs", x, dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"float inputs must have shape (T, n, d) or (T, d), got {x.shape}")
+        if x.shape[-1] != d:
+            raise ValueError(f"inputs' last axis must be d={d} (the rows of U), got shape {x.shape}")
+        unbatched = x.ndim == 2
+    elif kind in "iu":
+        if x.ndim not in (1, 2):
+            raise ValueError(f"token-id inputs must have shape (T, n) or (T,), got {x.shape}")
+        unbatched = x.ndim == 1
+    else:
+        raise TypeError(
+            f"inputs must be float{dtype.itemsize * 8} (T, n, d) or integer token ids (T, n), got dtype {x.dtype}"
+        )
+    if unbatched:
+        x = x[:, None]
+    elif batch_first:
+        x = x.swapaxes(0, 1)
+    T, n = x.shape[0], x.shape[1]
+    if T == 0 or n == 0:
+        raise ValueError(f"inputs must have at least one timestep and one sequence, got shape {np.shape(inputs)}")
+    if kind == "f":
+        _check_finite("inputs", x)
+        x = np.ascontiguousarray(x)
+    else:
+        lo, hi = x.min(), x.max()
+        if lo < 0 or hi >= d:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"inputs holds token id {bad}, outside [0, d={d})")
+        x = np.ascontiguousarray(x, dtype=np.intp)
+    return x, Layout(T, n, unbatched, bool(batch_first))
+
+
+def check_targets(targets, layout, v):
+    y = _as_array("targets", targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class ids, got dtype {y.dtype}")
+    _check_shape("targets", y, layout.user_shape(), layout.user_letters())
+    if y.size:
+        lo, hi = y.min(), y.max()
+        if lo < 0 or hi >= v:
+            raise ValueError(f"targets holds class {lo if lo < 0 else hi}, outside [0, v={v})")
+    if layout.unbatched:
+        y = y[:, None]
+    elif layout.batch_first:
+        y = y.swapaxes(0, 1)
+    return np.ascontiguousarray(y, dtype=np.intp)
+
+
+def check_h0(h0, layout, h, dtype, name="h0"):
+    """Initial state (n, h), or (h,) for one sequence; None means zeros."""
+    if h0 is None:
+        return np.zeros((layout.n, h), dtype=dtype)
+    a = _as_array(name, h0)
+    _check_float(name, a, dtype)
+    if layout.unbatched:
+        _check_shape(name, a, (h,), "h")
+        a = a[None]
+    else:
+        _check_shape(name, a, (layout.n, h), "nh")
+    _check_finite(name, a)
+    return np.ascontiguousarray(a)
+
+
+def check_reduction(reduction, T, n):
+    """The loss scale: 1/(T·n) for 'mean', 1 for 'sum'."""
+    if reduction == "mean":
+        return 1.0 / (T * n)
+    if reduction == "sum":
+        return 1.0
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

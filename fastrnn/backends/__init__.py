@@ -1,0 +1,96 @@
+"""The backend seam: every backend module has the same four kernels.
+
+``loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale)``
+    -> (loss, dU, dW, dV, db, dc, dh0, dX or None, dA, h_last)
+``forward(U, W, b, inputs, h0)`` -> H (T, n, h)
+``backward(U, W, inputs, h0, H, dH)`` -> (dU, dW, db, dh0, dX or None, dA)
+``probs(U, W, V, b, c, inputs, h0)`` -> (Ŷ (T, n, v), h_last)
+
+All arguments are validated, C-contiguous and time-major; ``inputs`` is float
+(T, n, d) or integer ids (T, n) of dtype intp. The reference backend is the
+specification; the others must agree with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .._config import BACKEND_ENV, BACKEND_ORDER, REQUESTED_BACKEND
+
+_MODULES = {
+    "numba": "fastrnn.backends.numba_kernels",
+    "c": "fastrnn.backends.cffi_kernels",
+    "numpy": "fastrnn.backends.reference",
+}
+
+_loaded = {}  # name -> module
+_errors = {}  # name -> why it did not load
+_default = None
+
+
+def _try_load(name):
+    if name not in _loaded and name not in _errors:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except Exception as exc:  # ImportError, or a broken native library
+            _errors[name] = f"{type(exc).__name__}: {exc}"
+    return _loaded.get(name)
+
+
+def _check_name(name, what="backend"):
+    if not isinstance(name, str) or name not in _MODULES:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, BACKEND_ORDER))}, got {name!r}")
+
+
+def backends():
+    """Names of the backends that load on this machine, the default first."""
+    default = get_backend()
+    return [default] + [n for n in BACKEND_ORDER if n != default and _try_load(n) is not None]
+
+
+def unavailable():
+    """Backends that failed to load, mapped to the reason."""
+    for name in BACKEND_ORDER:
+        _try_load(name)
+    return dict(_errors)
+
+
+def get_backend():
+    """Name of the backend used when ``backend=None``.
+
+    That is ``$FASTRNN_BACKEND`` if set, else the first of numba, c, numpy that loads.
+    """
+    global _default
+    if _default is None:
+        if REQUESTED_BACKEND is not None:
+            _check_name(REQUESTED_BACKEND, f"${BACKEND_ENV}")
+            _require(REQUESTED_BACKEND)
+            _default = REQUESTED_BACKEND
+        else:
+            _default = next(n for n in BACKEND_ORDER if _try_load(n) is not None)
+    return _default
+
+
+def set_backend(name):
+    """Make ``name`` the default backend for this process; returns the previous default."""
+    previous = get_backend()
+    _check_name(name)
+    _require(name)
+    global _default
+    _default = name
+    return previous
+
+
+def _require(name):
+    module = _try_load(name)
+    if module is None:
+        raise RuntimeError(f"backend {name!r} is not available here: {_errors[name]}")
+    return module
+
+
+def resolve(name=None):
+    """The backend module for ``name`` (None: the default)."""
+    if name is None:
+        return _require(get_backend())
+    _check_name(name)
+    return _require(name)
