@@ -9,6 +9,10 @@ the readable reference every other is tested against. See :func:`backends`.
 from ._params import Grads, LayerGrads, Params, init_params
 from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
 from .backends import backends, get_backend, set_backend, unavailable
+from .data import Batcher, Vocab
+from .model import RNN
+from .train import Trainer, TrainingDiverged
+from . import optim
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,10 @@ __all__ = [
     "get_backend",
     "set_backend",
     "unavailable",
+    "RNN",
+    "Vocab",
+    "Batcher",
+    "Trainer",
+    "TrainingDiverged",
+    "optim",
 ]

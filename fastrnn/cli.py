@@ -1,0 +1,220 @@
+"""The `fastrnn` command: train a character-level language model, sample from it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A bad argument or file: reported as one line and exit status 2."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser():
+    from .backends import BACKEND_ORDER
+    from .optim import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a character-level RNN language model")
+    t.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: Python standard-library source)")
+    t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size h (default 256)")
+    t.add_argument("--seq-len", type=_positive_int, default=50, help="truncated-BPTT window T (default 50)")
+    t.add_argument("--batch", type=_positive_int, default=32, help="parallel streams n (default 32)")
+    t.add_argument("--steps", type=_positive_int, default=3000, help="optimizer steps (default 3000)")
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: 3e-3 for adam)")
+    t.add_argument("--clip", type=_positive_float, default=5.0, help="clip gradients to [-CLIP, CLIP] (default 5)")
+    t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip by global norm instead")
+    t.add_argument("--backend", choices=BACKEND_ORDER, default=None)
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.05, help="held-out tail for validation (default 0.05)")
+    t.add_argument("--out", default="model.npz", help="checkpoint path (default model.npz)")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    t.add_argument("--resume", action="store_true", help="continue from --out instead of starting afresh")
+    t.add_argument("--plot", default=None, metavar="PNG", help="save a loss curve (needs matplotlib)")
+    t.add_argument("--sample-length", type=int, default=300, help="characters to sample at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a trained model")
+    s.add_argument("model", help="a checkpoint written by `fastrnn train`")
+    s.add_argument("--length", type=_positive_int, default=500)
+    s.add_argument("--temperature", type=_positive_float, default=1.0)
+    s.add_argument("--top-k", type=_positive_int, default=None)
+    s.add_argument("--prime", default="")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--backend", choices=BACKEND_ORDER, default=None)
+
+    sub.add_parser("backends", help="list the backends available here, default first")
+    return parser
+
+
+def _read_corpus(path):
+    if path is None:
+        from .data import default_corpus
+
+        return default_corpus(), "the Python standard library's source"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    if len(text) < 2:
+        raise UsageError(f"{path}: the corpus needs at least two characters")
+    return text, path
+
+
+def cmd_train(args):
+    from . import RNN, get_backend
+    from .data import Vocab
+    from .train import Trainer
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    text, source = _read_corpus(args.corpus)
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text)
+    n_val = int(len(ids) * args.val_fraction)
+    train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
+    backend = args.backend or get_backend()
+    if args.resume:
+        trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend)
+        model = trainer.model
+        if model.vocab != vocab:
+            raise UsageError(f"{args.out}: was trained on a corpus with another vocabulary")
+    else:
+        lr = args.lr if args.lr is not None else {"adam": 3e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}[args.optimizer]
+        model = RNN(vocab, args.hidden, dtype=args.dtype, seed=args.seed, backend=backend)
+        trainer = Trainer(
+            model, train_ids, seq_len=args.seq_len, batch=args.batch, optimizer=args.optimizer, lr=lr,
+            clip=None if args.clip_norm else args.clip, clip_norm=args.clip_norm, val_ids=val_ids,
+        )
+    unigram = _entropy(train_ids, len(vocab))
+    print(
+        f"fastrnn: training on {source}: {len(ids):,} characters, vocabulary {len(vocab)}, "
+        f"h={model.hidden}, T={trainer.seq_len}, n={trainer.batch}, {model.dtype.name}, backend {backend}"
+    )
+    print(f"fastrnn: unigram entropy of the corpus {unigram:.3f} nats/char (the loss of a model that learned nothing)")
+    t0 = time.perf_counter()
+    history = trainer.run(
+        args.steps, progress=not args.quiet, eval_every=max(args.steps // 5, 1),
+        checkpoint=args.out, checkpoint_every=args.checkpoint_every,
+    )
+    elapsed = time.perf_counter() - t0
+    last = np.mean(history.loss[-50:])
+    line = f"fastrnn: {args.steps} steps in {elapsed:.1f} s; train loss {last:.3f} nats/char (last 50 steps)"
+    if history.val_loss:
+        line += f", validation {history.val_loss[-1]:.3f} (perplexity {np.exp(history.val_loss[-1]):.2f})"
+    print(line)
+    print(f"fastrnn: checkpoint written to {args.out}")
+    if args.plot:
+        _plot(history, unigram, args.plot)
+        print(f"fastrnn: loss curve written to {args.plot}")
+    if args.sample_length > 0:
+        print("fastrnn: a sample (temperature 0.8):")
+        print(model.sample(args.sample_length, temperature=0.8, seed=args.seed))
+    return 0
+
+
+def _entropy(ids, v):
+    p = np.bincount(ids, minlength=v) / len(ids)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def _plot(history, unigram, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history.steps, history.loss, lw=0.5, alpha=0.4, label="train loss")
+    ax.plot(history.steps, history.smooth_loss, lw=1.5, label="smoothed")
+    if history.val_loss:
+        ax.plot(history.val_steps, history.val_loss, "o-", label="validation")
+    ax.axhline(unigram, ls="--", c="gray", label="unigram entropy")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per character")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_sample(args):
+    from .model import RNN
+
+    model = RNN.load(args.model, backend=args.backend)
+    try:
+        text = model.sample(args.length, prime=args.prime, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except ValueError as exc:  # e.g. a prime character the model never saw
+        raise UsageError(f"--prime: {exc}") from None
+    print(text)
+    return 0
+
+
+def cmd_backends(args):
+    from . import backends, unavailable
+
+    for name in backends():
+        print(name)
+    for name, why in unavailable().items():
+        print(f"# {name}: unavailable ({why})")
+    return 0
+
+
+def main(argv=None):
+    from .model import CheckpointError
+    from .train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends}[args.command]
+    try:
+        return command(args)
+    except (UsageError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as exc:
+        print(f"fastrnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastrnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
