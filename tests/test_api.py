@@ -185,3 +185,11 @@ def test_default_is_numba_when_installed():
     out = _run_python("import fastrnn; print(fastrnn.get_backend())", FASTRNN_BACKEND="")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "numba"
+
+
+def test_c_backend_is_built_when_required():
+    """CI sets FASTRNN_REQUIRE_C=1: there the C backend must have been built and load."""
+    if os.environ.get("FASTRNN_REQUIRE_C") in ("1", "true", "yes"):
+        assert "c" in fastrnn.backends(), fastrnn.unavailable().get("c")
+    else:
+        assert ("c" in fastrnn.backends()) != ("c" in fastrnn.unavailable())

@@ -1,0 +1,58 @@
+/* fastrnn C kernels: the vanilla RNN forward pass, fused softmax-cross-entropy and BPTT.
+ *
+ * Sizes: T timesteps, n sequences, d inputs, h hidden units, v outputs. Arrays are
+ * C-contiguous, row-major, time-major. Outputs come first, then inputs, then sizes.
+ * Token-id inputs pass X = NULL and ids (T, n); dense inputs pass ids = NULL.
+ * Every kernel returns 0, or a negative FASTRNN_E* code and touches nothing it
+ * was not already allowed to write.
+ * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran
+ * sgemm and dgemm that numpy/scipy already ship, before any kernel runs.
+ */
+#ifndef FASTRNN_H
+#define FASTRNN_H
+
+#include <stdint.h>
+
+#define FASTRNN_OK 0
+#define FASTRNN_EBLAS -1
+#define FASTRNN_ESIZE -2
+#define FASTRNN_EINDEX -3
+
+int fastrnn_set_blas(void *sgemm, void *dgemm);
+
+/* Hs (T+1, n, h): in Hs[0] = h0, out Hs[t] = H_t;  P (T, n, h): scratch, out X_t U. */
+int rnn_forward_f32(float *Hs, float *P, const float *U, const float *W, const float *b,
+                    const float *X, const int64_t *ids, int T, int n, int d, int h);
+int rnn_forward_f64(double *Hs, double *P, const double *U, const double *W, const double *b,
+                    const double *X, const int64_t *ids, int T, int n, int d, int h);
+
+/* G (T, n, h): in the non-recurrent part of dH_t, out dA_t.  dX (T, n, d) unused for ids. */
+int rnn_backward_f32(float *dU, float *dW, float *db, float *dh0, float *dX, float *G,
+                     const float *Hs, const float *U, const float *W, const float *X,
+                     const int64_t *ids, int T, int n, int d, int h);
+int rnn_backward_f64(double *dU, double *dW, double *db, double *dh0, double *dX, double *G,
+                     const double *Hs, const double *U, const double *W, const double *X,
+                     const int64_t *ids, int T, int n, int d, int h);
+
+/* The whole training step. loss: Σ −log Ŷ[y] (unscaled); O (T·n, v) and G scratch;
+ * G ends as dA. Hs as for rnn_forward. */
+int loss_and_grads_f32(double *loss, float *dU, float *dW, float *dV, float *db, float *dc,
+                       float *dh0, float *dX, float *G, float *Hs, float *O,
+                       const float *U, const float *W, const float *V, const float *b,
+                       const float *c, const float *X, const int64_t *ids,
+                       const int64_t *targets, float scale, int T, int n, int d, int h, int v);
+int loss_and_grads_f64(double *loss, double *dU, double *dW, double *dV, double *db, double *dc,
+                       double *dh0, double *dX, double *G, double *Hs, double *O,
+                       const double *U, const double *W, const double *V, const double *b,
+                       const double *c, const double *X, const int64_t *ids,
+                       const int64_t *targets, double scale, int T, int n, int d, int h, int v);
+
+/* Probs (T·n, v): softmax(H_t V + c).  Hs and P as for rnn_forward. */
+int probs_f32(float *Probs, float *Hs, float *P, const float *U, const float *W, const float *V,
+              const float *b, const float *c, const float *X, const int64_t *ids,
+              int T, int n, int d, int h, int v);
+int probs_f64(double *Probs, double *Hs, double *P, const double *U, const double *W,
+              const double *V, const double *b, const double *c, const double *X,
+              const int64_t *ids, int T, int n, int d, int h, int v);
+
+#endif

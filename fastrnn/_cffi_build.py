@@ -1,0 +1,46 @@
+"""Build script for the C backend (cffi API mode, out-of-line), run by setup.py.
+
+The cdef is the header itself, less its preprocessor lines, so the two cannot
+drift apart. The extension is optional: if it fails to compile, installation
+goes on without it and fastrnn reports the C backend unavailable. Set
+FASTRNN_REQUIRE_C=1 to make a failed build an error instead (CI does).
+"""
+
+import os
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+HEADER = CSRC / "fastrnn.h"
+
+
+
+def cdef_from_header(text):
+    """The header's declarations and integer constants, without include guards and includes."""
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#") and not (s.startswith("#define FASTRNN_") and len(s.split()) == 3):
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
+ffibuilder.set_source(
+    "fastrnn._fastrnn_c",
+    '#include "fastrnn.h"',
+    sources=[os.path.relpath(CSRC / "fastrnn.c", ROOT)],
+    include_dirs=[os.path.relpath(CSRC, ROOT)],
+    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc")],
+    # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
+    extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off"],
+    libraries=["m"],
+    optional=os.environ.get("FASTRNN_REQUIRE_C", "") not in ("1", "true", "yes"),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
