@@ -13,6 +13,7 @@ from .data import Batcher, Vocab
 from .model import RNN
 from .train import Trainer, TrainingDiverged
 from . import optim
+from .gradcheck import gradcheck
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "optim",
+    "gradcheck",
 ]
