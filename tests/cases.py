@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -111,3 +115,16 @@ def as_time_major(case: Case, a: Optional[np.ndarray]):
     if case.unbatched:
         return a[:, None]
     return a.swapaxes(0, 1) if case.batch_first else a
+
+
+def run_python(code, **env):
+    """Run ``code`` in a fresh interpreter with extra environment variables.
+
+    It runs from the tests folder: from the repository root, ``python -c`` would
+    import the source tree's fastrnn (without its compiled extension) instead of
+    the installed one.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, cwd=Path(__file__).parent,
+        capture_output=True, text=True, timeout=120,
+    )

@@ -2,14 +2,12 @@
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import fastrnn
-from cases import CASES, REFERENCE, rel_err
+from cases import CASES, rel_err, run_python
 
 
 def test_hand_worked_example(backend):
@@ -167,22 +165,17 @@ def test_backend_listing_and_selection():
     assert fastrnn.get_backend() == previous
 
 
-def _run_python(code, **env):
-    full_env = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
-
-
 def test_environment_variable_sets_the_default():
-    out = _run_python("import fastrnn; print(fastrnn.get_backend(), fastrnn.backends()[0])", FASTRNN_BACKEND="numpy")
+    out = run_python("import fastrnn; print(fastrnn.get_backend(), fastrnn.backends()[0])", FASTRNN_BACKEND="numpy")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["numpy", "numpy"]
-    out = _run_python("import fastrnn; fastrnn.get_backend()", FASTRNN_BACKEND="fortran")
+    out = run_python("import fastrnn; fastrnn.get_backend()", FASTRNN_BACKEND="fortran")
     assert out.returncode != 0
     assert "$FASTRNN_BACKEND must be one of 'numba', 'c', 'numpy', got 'fortran'" in out.stderr
 
 
 def test_default_is_numba_when_installed():
-    out = _run_python("import fastrnn; print(fastrnn.get_backend())", FASTRNN_BACKEND="")
+    out = run_python("import fastrnn; print(fastrnn.get_backend())", FASTRNN_BACKEND="")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "numba"
 

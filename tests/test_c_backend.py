@@ -1,7 +1,5 @@
 """The C backend's own promises: the fallback without Numba, its error codes, its build script."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,14 +7,11 @@ import numpy as np
 import pytest
 
 import fastrnn
+from cases import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif("c" not in fastrnn.backends(), reason=f"C backend unavailable: {fastrnn.unavailable().get('c')}")
-
-
-def _run(code, **env):
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 
 FALLBACK = """
@@ -38,13 +33,13 @@ print("ok")
 
 
 def test_without_numba_the_default_is_c_and_everything_works():
-    out = _run(FALLBACK, FASTRNN_BACKEND="")
+    out = run_python(FALLBACK, FASTRNN_BACKEND="")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["c", "c,numpy", "ok"]
 
 
 def test_environment_selects_c():
-    out = _run("import fastrnn; print(fastrnn.get_backend())", FASTRNN_BACKEND="c")
+    out = run_python("import fastrnn; print(fastrnn.get_backend())", FASTRNN_BACKEND="c")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "c"
 
