@@ -26,7 +26,8 @@ int rnn_forward_f32(float *Hs, float *P, const float *U, const float *W, const f
 int rnn_forward_f64(double *Hs, double *P, const double *U, const double *W, const double *b,
                     const double *X, const int64_t *ids, int T, int n, int d, int h);
 
-/* G (T, n, h): in the non-recurrent part of dH_t, out dA_t.  dX (T, n, d) unused for ids. */
+/* G (T, n, h): in the non-recurrent part of dH_t, out dA_t.  dX (T, n, d): NULL skips it (and
+ * must be NULL for ids). */
 int rnn_backward_f32(float *dU, float *dW, float *db, float *dh0, float *dX, float *G,
                      const float *Hs, const float *U, const float *W, const float *X,
                      const int64_t *ids, int T, int n, int d, int h);

@@ -62,6 +62,22 @@ def test_sum_is_mean_times_T_n(backend):
             assert rel_err(a, b * case.T * case.n) <= 1e-13
 
 
+def test_grad_inputs_false_skips_only_dX(backend):
+    """grad_inputs=False leaves grads.X None and every other result bit-identical."""
+    params, inputs, targets, h0 = CASES[0].make(np.float64, seed=3)
+    assert inputs.dtype.kind == "f"
+    loss, full, h_last = fastrnn.loss_and_grads(params, inputs, targets, h0=h0, backend=backend)
+    loss2, lean, h_last2 = fastrnn.loss_and_grads(params, inputs, targets, h0=h0, grad_inputs=False, backend=backend)
+    assert full.X is not None and lean.X is None
+    assert loss2 == loss
+    np.testing.assert_array_equal(h_last2, h_last)
+    for field in full._fields:
+        if field != "X":
+            np.testing.assert_array_equal(getattr(lean, field), getattr(full, field), err_msg=field)
+    with pytest.raises(TypeError, match="grad_inputs"):
+        fastrnn.loss_and_grads(params, inputs, targets, grad_inputs="no", backend=backend)
+
+
 def test_layouts_agree(backend):
     """Time-major, batch-first and one-sequence-at-a-time give the same numbers."""
     case = CASES[5]

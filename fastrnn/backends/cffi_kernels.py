@@ -130,7 +130,7 @@ def backward(U, W, inputs, h0, H, dH):
     return dU, dW, db, dh0, dX, G
 
 
-def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale):
+def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
     v = V.shape[1]
     T, n, d, h = _sizes(inputs, U, v)
     X, ids = _inputs(inputs)
@@ -141,7 +141,7 @@ def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale):
     O = np.empty((T * n, v), dt)
     dU, dW, dV = np.empty_like(U), np.empty_like(W), np.empty_like(V)
     db, dc, dh0 = np.empty(h, dt), np.empty(v, dt), np.empty((n, h), dt)
-    dX = None if ids is not None else np.empty((T, n, d), dt)
+    dX = np.empty((T, n, d), dt) if ids is None and want_dX else None
     loss = ffi.new("double *")
     a = _Args(dt)
     _call(_KERNELS[dt][3], loss, a.p(dU), a.p(dW), a.p(dV), a.p(db), a.p(dc), a.p(dh0), a.p(dX), a.p(G),

@@ -40,7 +40,7 @@ def forward(U, W, b, inputs, h0):
     return H
 
 
-def backward(U, W, inputs, h0, H, dH):
+def backward(U, W, inputs, h0, H, dH, want_dX=True):
     """Backpropagation through time given dH_t = ∂L/∂H_t from everything but
     the recurrence (for the full model, dO_t Vᵀ).
 
@@ -71,7 +71,7 @@ def backward(U, W, inputs, h0, H, dH):
         dU = np.zeros_like(U)
         for t in range(T):
             dU += inputs[t].T @ dA[t]  # dU = Σ_t X_tᵀ dA_t
-        dX = dA @ U.T  # dX_t = dA_t Uᵀ
+        dX = dA @ U.T if want_dX else None  # dX_t = dA_t Uᵀ
     return dU, dW, db, dh0, dX, dA
 
 
@@ -87,10 +87,11 @@ def probs(U, W, V, b, c, inputs, h0):
     return np.exp(_log_softmax(H @ V + c)), H[-1].copy()
 
 
-def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale):
+def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
     """Loss and every gradient of the full model.
 
-    Returns (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last).
+    Returns (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last); dX is None for ids or
+    when ``want_dX`` is false.
     """
     H = forward(U, W, b, inputs, h0)
     O = H @ V + c  # O_t = H_t V + c
@@ -108,5 +109,5 @@ def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale):
     dc = dO.sum(axis=(0, 1))  # dc = Σ_t 1ᵀ dO_t
     dH = dO @ V.T  # the output's share of dH_t: dO_t Vᵀ
 
-    dU, dW, db, dh0, dX, dA = backward(U, W, inputs, h0, H, dH)
+    dU, dW, db, dh0, dX, dA = backward(U, W, inputs, h0, H, dH, want_dX)
     return loss, dU, dW, dV, db, dc, dh0, dX, dA, H[-1].copy()
