@@ -210,6 +210,13 @@ def _recurrence_forward(Hs, P, W, b):
                 At[i, j] = vtanh(At[i, j] + Pt[i, j] + b[j])  # H_t = tanh(X_t U + H_{t-1} W + b)
 
 
+#: Below this many multiply-adds (n·h·h) per step, the backward recurrence
+#: multiplies by a contiguous copy of Wᵀ: OpenBLAS 0.3.30 took twice as long on
+#: the transposed view at the char32 and small sizes, and 8% less at medium and
+#: large (bench/compare.py figures in the README).
+_COPY_WT_BELOW = 1 << 20
+
+
 @njit(**NUMBA_FLAGS)
 def _recurrence_backward(G, Hs, W, dh0):
     """Turn G[t] = the non-recurrent part of dH_t into dA_t, in place, for t = T-1..0.
@@ -218,7 +225,15 @@ def _recurrence_backward(G, Hs, W, dh0):
     G: (T, n, h), Hs: (T+1, n, h), W: (h, h), dh0: (n, h) also serves as scratch.
     """
     T, n, h = G.shape
-    WT = W.T
+    if n * h * h < _COPY_WT_BELOW:
+        _backward_steps(G, Hs, np.ascontiguousarray(W.T), dh0)
+    else:
+        _backward_steps(G, Hs, W.T, dh0)
+
+
+@njit(**NUMBA_FLAGS)
+def _backward_steps(G, Hs, WT, dh0):
+    T, n, h = G.shape
     one = np.ones(1, dtype=G.dtype)[0]  # a 1 of G's dtype: a bare literal would promote float32
     for t in range(T - 1, -1, -1):
         Gt = G[t]
@@ -238,14 +253,6 @@ def _recurrence_backward(G, Hs, W, dh0):
 
 
 @njit(**NUMBA_FLAGS)
-def _add_row_vector(M, r):
-    m, k = M.shape
-    for i in range(m):
-        for j in range(k):
-            M[i, j] += r[j]
-
-
-@njit(**NUMBA_FLAGS)
 def _column_sums(out, M):
     """out = 1ᵀ M, accumulated row by row in M's dtype."""
     out[:] = 0
@@ -255,14 +262,16 @@ def _column_sums(out, M):
 
 
 @njit(inline="always", **NUMBA_FLAGS)
-def _exp_shifted(row):
-    """row ← exp(row − max(row)) in place; returns (max(row), Σ_k row[k]).
+def _exp_shifted(row, c):
+    """row ← row + c, then row ← exp(row − max(row)) in place; returns (max, Σ_k row[k]).
 
     The max and the sum run over four interleaved partials (the max is exact in
     any order; the sum's reordering is within rounding), so they pipeline
     instead of waiting on one add at a time.
     """
     v = row.shape[0]
+    for k in range(v):
+        row[k] += c[k]  # O_t = H_t V + c
     t0 = t1 = t2 = t3 = row[0]
     k = 0
     while k + 4 <= v:
@@ -292,8 +301,8 @@ def _exp_shifted(row):
 
 
 @njit(**NUMBA_FLAGS)
-def _softmax_xent(O, y, scale):
-    """Fused softmax + cross-entropy over rows: O (m, v) logits become dO in place.
+def _softmax_xent(O, c, y, scale):
+    """Fused bias + softmax + cross-entropy over rows: O (m, v) holds H V and becomes dO.
 
     dO = (softmax(O) − onehot(y)) · scale; returns Σ_rows −log Ŷ[y] (float64,
     not yet scaled). Each row is shifted by its max so exp cannot overflow.
@@ -302,8 +311,8 @@ def _softmax_xent(O, y, scale):
     total = 0.0
     for r in range(m):
         row = O[r]
-        logit_y = row[y[r]]
-        top, s = _exp_shifted(row)
+        logit_y = row[y[r]] + c[y[r]]
+        top, s = _exp_shifted(row, c)
         total += np.log(s) - (logit_y - top)  # −log Ŷ[y] = log Σ exp(O − max) − (O_y − max)
         inv = scale / s
         for k in range(v):
@@ -313,12 +322,12 @@ def _softmax_xent(O, y, scale):
 
 
 @njit(**NUMBA_FLAGS)
-def _softmax_rows(O):
-    """O (m, v) logits become softmax probabilities in place."""
+def _softmax_rows(O, c):
+    """O (m, v) holds H V and becomes softmax(H V + c), in place."""
     m, v = O.shape
     for r in range(m):
         row = O[r]
-        _, s = _exp_shifted(row)
+        _, s = _exp_shifted(row, c)
         for k in range(v):
             row[k] /= s
 
@@ -395,9 +404,8 @@ def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale, want_dX):
     h, v = V.shape
     Hs, P = _forward_states(U, W, b, X, ids, h0)
     H = Hs[1:].reshape(T * n, h)
-    O = np.dot(H, V)  # O = H V + c, all steps at once
-    _add_row_vector(O, c)
-    total = _softmax_xent(O, targets.reshape(T * n), scale)  # O is now dO
+    O = np.dot(H, V)  # H V, all steps at once (+ c is fused into the softmax)
+    total = _softmax_xent(O, c, targets.reshape(T * n), scale)  # O is now dO
     dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
     dc = np.empty(v, dtype=V.dtype)
     _column_sums(dc, O)  # dc = Σ_t 1ᵀ dO_t
@@ -430,8 +438,7 @@ def _probs(U, W, V, b, c, X, ids, h0):
     Hs, _ = _forward_states(U, W, b, X, ids, h0)
     T, n = Hs.shape[0] - 1, Hs.shape[1]
     O = np.dot(Hs[1:].reshape(T * n, h), V)
-    _add_row_vector(O, c)
-    _softmax_rows(O)
+    _softmax_rows(O, c)
     return O.reshape(T, n, v), Hs[T].copy()
 
 
