@@ -1,11 +1,23 @@
 /* fastrnn C kernels: kernels.inc instantiated for float and double.
- * Goal: the same numbers as the numpy reference (no fast-math, no FMA contraction),
- * with the matrix products in the BLAS numpy/scipy already ship. */
+ * Goal: the reference's numbers to within rounding (no fast-math, no FMA
+ * contraction), tanh and exp that vectorise (vmath.h), and the matrix products
+ * in the BLAS that SciPy already ships. */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fastrnn.h"
+#include "vmath.h"
+
+/* The loops over tanh, exp and tanh' are compiled twice where GCC can pick at
+ * load time (x86-64 Linux): for AVX2 and for the baseline, since the build
+ * itself stays portable (no -march). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SIMD_CLONES
+#endif
 
 typedef void (*sgemm_fn)(const char *, const char *, const int *, const int *, const int *,
                          const float *, const float *, const int *, const float *, const int *,
@@ -28,8 +40,8 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #define REAL float
 #define FN(name) name##_f32
 #define GEMM sgemm_ptr
-#define TANH tanhf
-#define EXP expf
+#define TANH vtanh_f32
+#define EXP vexp_f32   /* of arguments <= 0 only */
 #define LOG logf
 #include "kernels.inc"
 #undef REAL
@@ -42,7 +54,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #define REAL double
 #define FN(name) name##_f64
 #define GEMM dgemm_ptr
-#define TANH tanh
-#define EXP exp
+#define TANH vtanh_f64
+#define EXP vexp_f64
 #define LOG log
 #include "kernels.inc"

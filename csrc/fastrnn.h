@@ -56,4 +56,11 @@ int probs_f64(double *Probs, double *Hs, double *P, const double *U, const doubl
               const double *V, const double *b, const double *c, const double *X,
               const int64_t *ids, int T, int n, int d, int h, int v);
 
+/* out[i] = tanh(x[i]) and exp(z[i]) (z <= 0; larger z counts as 0) with the
+ * kernels' own vectorising versions (vmath.h), for tests and measurements. */
+void tanh_array_f32(float *out, const float *x, int64_t count);
+void tanh_array_f64(double *out, const double *x, int64_t count);
+void exp_array_f32(float *out, const float *z, int64_t count);
+void exp_array_f64(double *out, const double *z, int64_t count);
+
 #endif

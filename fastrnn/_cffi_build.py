@@ -35,9 +35,12 @@ ffibuilder.set_source(
     '#include "fastrnn.h"',
     sources=[os.path.relpath(CSRC / "fastrnn.c", ROOT)],
     include_dirs=[os.path.relpath(CSRC, ROOT)],
-    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc")],
+    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "vmath.h")],
     # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
-    extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off"],
+    # -fno-trapping-math changes no result: it lets GCC compute both sides of a
+    # select (as vmath.h asks) even though one side might raise an FP flag
+    # nobody reads; without it the tanh/exp loops stay scalar.
+    extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off", "-fno-trapping-math"],
     libraries=["m"],
     optional=os.environ.get("FASTRNN_REQUIRE_C", "") not in ("1", "true", "yes"),
 )

@@ -13,5 +13,6 @@ REQUESTED_BACKEND = os.environ.get(BACKEND_ENV, "").strip().lower() or None
 
 #: Flags for every @njit kernel. Of fastmath only 'contract': a·b + c may become
 #: one fused multiply-add (one rounding instead of two, never a worse result).
-#: Nothing that reorders sums, assumes away NaN/inf or approximates a division.
+#: Nothing that assumes away NaN/inf or approximates a division; the one sum
+#: that may be reordered (a softmax row's) says so where it is defined.
 NUMBA_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})

@@ -1,4 +1,4 @@
-"""The Numba backend's own tanh and exp: accuracy in ulps, special values, dtype.
+"""The kernels' own tanh and exp (Numba and C): accuracy in ulps, specials, dtype.
 
 They replace libm's so that the hot loops vectorise; here they are held to
 within 1.6 ulp of the exact value (long double as the oracle) on dense grids,
@@ -9,7 +9,7 @@ float32).
 import numpy as np
 import pytest
 
-nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+from fastrnn.backends import resolve
 
 DTYPES = (np.float32, np.float64)
 MAX_ULP = 1.6
@@ -26,13 +26,14 @@ def _ulps(got, x, fn, dtype):
 
 def _run(kernel, x):
     out = np.empty_like(x)
-    kernel(x, out)
+    kernel(np.ascontiguousarray(x), out)
     assert out.dtype == x.dtype  # float32 stays float32
     return out
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tanh_within_ulps(dtype):
+def test_tanh_within_ulps(fast_backend, dtype):
+    nk = resolve(fast_backend)
     rng = np.random.default_rng(1)
     tiny = np.logspace(-30, 1.5, 20_001)
     x = np.concatenate([np.linspace(-25, 25, 400_001), 3 * rng.standard_normal(200_000), tiny, -tiny]).astype(dtype)
@@ -44,7 +45,8 @@ def test_tanh_within_ulps(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_exp_within_ulps_where_normal(dtype):
+def test_exp_within_ulps_where_normal(fast_backend, dtype):
+    nk = resolve(fast_backend)
     z = np.concatenate([np.linspace(-700, 0, 400_001), -np.logspace(-30, 2.85, 20_001)]).astype(dtype)
     z = z[np.exp(z.astype(np.longdouble)) >= np.finfo(dtype).tiny]  # results in the normal range
     err = _ulps(_run(nk.exp_array, z), z, np.exp, dtype)
@@ -52,7 +54,8 @@ def test_exp_within_ulps_where_normal(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_special_values(dtype):
+def test_special_values(fast_backend, dtype):
+    nk = resolve(fast_backend)
     info = np.finfo(dtype)
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, info.smallest_subnormal, -info.tiny, 1e4, -1e4], dtype)
     got = _run(nk.tanh_array, x)
@@ -65,7 +68,8 @@ def test_special_values(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_exp_underflows_gradually(dtype):
+def test_exp_underflows_gradually(fast_backend, dtype):
+    nk = resolve(fast_backend)
     """Subnormal results are within one subnormal step of exact, and then exactly 0."""
     info = np.finfo(dtype)
     lo = np.log(np.longdouble(info.smallest_subnormal))
@@ -75,9 +79,10 @@ def test_exp_underflows_gradually(dtype):
 
 
 def test_float32_code_has_no_double_arithmetic():
-    """No literal or libm call promotes the float32 versions to double."""
+    """No literal or libm call promotes Numba's float32 versions to double."""
     from numba import njit  # a fresh, uncached compile: cached code cannot be inspected
 
+    nk = resolve("numba")
     x = np.zeros(4, np.float32)
     for kernel in (nk.tanh_array, nk.exp_array):
         fresh = njit(error_model="numpy")(kernel.py_func)

@@ -161,3 +161,21 @@ def probs(U, W, V, b, c, inputs, h0):
     _call(_KERNELS[U.dtype][4], a.p(out), a.p(Hs), a.p(P), a.p(U), a.p(W), a.p(V), a.p(b), a.p(c),
           a.p(X), a.p(ids), T, n, d, h, v)
     return out, Hs[T].copy()
+
+
+_ELEMENTWISE = {
+    np.dtype(np.float32): (lib.tanh_array_f32, lib.exp_array_f32),
+    np.dtype(np.float64): (lib.tanh_array_f64, lib.exp_array_f64),
+}
+
+
+def tanh_array(x, out):
+    """out = tanh(x) by the kernels' own vectorising tanh (1-D, same dtype)."""
+    a = _Args(x.dtype)
+    _ELEMENTWISE[x.dtype][0](a.p(out), a.p(x), x.size)
+
+
+def exp_array(z, out):
+    """out = exp(z) for z <= 0 by the kernels' own vectorising exp (1-D, same dtype)."""
+    a = _Args(z.dtype)
+    _ELEMENTWISE[z.dtype][1](a.p(out), a.p(z), z.size)

@@ -261,6 +261,16 @@ def _column_sums(out, M):
             out[j] += M[i, j]
 
 
+@njit(**{**NUMBA_FLAGS, "fastmath": {"contract", "reassoc"}})
+def _sum(x):
+    """Σ x, in whatever order the vectoriser likes (many partial sums): the one
+    place where reassociation is allowed, since any order is within rounding."""
+    s = x[0] - x[0]  # a zero of x's dtype
+    for k in range(x.shape[0]):
+        s += x[k]
+    return s
+
+
 @njit(inline="always", **NUMBA_FLAGS)
 def _exp_shifted(row, c):
     """row ← row + c, then row ← exp(row − max(row)) in place; returns (max, Σ_k row[k]).
@@ -286,18 +296,7 @@ def _exp_shifted(row, c):
     top = max(max(t0, t1), max(t2, t3))
     for k in range(v):
         row[k] = vexp(row[k] - top)
-    s0 = s1 = s2 = s3 = row[0] - row[0]  # zeros of the row's dtype
-    k = 0
-    while k + 4 <= v:
-        s0 += row[k]
-        s1 += row[k + 1]
-        s2 += row[k + 2]
-        s3 += row[k + 3]
-        k += 4
-    while k < v:
-        s0 += row[k]
-        k += 1
-    return top, (s0 + s1) + (s2 + s3)
+    return top, _sum(row)
 
 
 @njit(**NUMBA_FLAGS)
