@@ -15,8 +15,8 @@ Peers, all on the same weights and data, timed in this one process:
   per timestep), no elementwise work. It is compiled with Numba and calls the
   same BLAS as fastrnn, so it has no interpreter overhead; ``GEMM floor
   (numpy)`` is the same list of products issued from Python with numpy's BLAS;
-* every fastrnn backend, with ``grad_inputs=False`` (no dL/dX: torch and jax
-  do not compute it either).
+* every fastrnn backend, with ``params_only=True`` (parameter gradients only,
+  as torch and jax compute them here; no dL/dX or dL/dA).
 
 Timing: peers take turns (interleaved). A turn first pauses (--quiet-ms) so
 that the previous peer's thread pools stop spinning (OpenBLAS workers spin for
@@ -224,7 +224,7 @@ def jax_step(params, x, y):
 
 def fastrnn_step(backend):
     def factory(params, x, y):
-        return lambda: fastrnn.loss_and_grads(params, x, y, backend=backend, grad_inputs=False)
+        return lambda: fastrnn.loss_and_grads(params, x, y, backend=backend, params_only=True)
 
     return factory
 
@@ -389,9 +389,9 @@ def memory(args, dtype):
         base = (T * n * h + T * n * v) * dtype.itemsize
         grads = sum(p.nbytes for p in params)
         for be in fastrnn.backends():
-            fastrnn.loss_and_grads(params, x, y, backend=be, grad_inputs=False)
+            fastrnn.loss_and_grads(params, x, y, backend=be, params_only=True)
             tracemalloc.start()
-            fastrnn.loss_and_grads(params, x, y, backend=be, grad_inputs=False)
+            fastrnn.loss_and_grads(params, x, y, backend=be, params_only=True)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             results[f"{name}/{be}"] = peak / base
@@ -410,7 +410,7 @@ def scaling(args, dtype, lengths=(25, 50, 100, 200, 400)):
     for T in lengths:
         x = rng.standard_normal((T, n, d)).astype(dtype)
         y = rng.integers(0, v, (T, n))
-        steps[T] = lambda x=x, y=y: fastrnn.loss_and_grads(params, x, y, backend=be, grad_inputs=False)
+        steps[T] = lambda x=x, y=y: fastrnn.loss_and_grads(params, x, y, backend=be, params_only=True)
     med = time_interleaved(steps, args.repeats, args.block_ms, args.quiet_ms)
     Ts = np.array(lengths, float)
     ts = np.array([med[T] for T in lengths])

@@ -12,7 +12,7 @@ __all__ = ["loss_and_grads", "predict_proba", "rnn_forward", "rnn_backward"]
 
 
 def loss_and_grads(
-    params, inputs, targets, *, h0=None, reduction="mean", batch_first=False, grad_inputs=True, backend=None
+    params, inputs, targets, *, h0=None, reduction="mean", batch_first=False, params_only=False, backend=None
 ):
     """Softmax cross-entropy loss of the RNN on a batch of sequences, and all its gradients.
 
@@ -32,9 +32,11 @@ def loss_and_grads(
         Initial hidden state (n, h), or (h,) unbatched. Default zeros.
     reduction : {'mean', 'sum'}
         'mean' divides the summed negative log-likelihood by T·n.
-    grad_inputs : bool
-        Compute ``grads.X`` = dL/dX for float inputs. A training step does not
-        need it: False skips that matrix product and leaves ``grads.X`` None.
+    params_only : bool
+        Compute only what a training step needs: the loss and the gradients of
+        U, W, V, b, c and h0, with ``grads.X`` and ``grads.A`` left None. This
+        skips the dX product, and the Numba backend then keeps dA for a few
+        timesteps at a time instead of all T (less memory, same numbers).
     backend : str, optional
         'numba', 'c' or 'numpy'; default :func:`fastrnn.get_backend`.
 
@@ -43,7 +45,8 @@ def loss_and_grads(
     loss : float
     grads : Grads
         ``U, W, V, b, c`` like the parameters, ``h0`` like the initial state,
-        ``X`` like float inputs (None for ids or ``grad_inputs=False``), ``A`` = dL/dA_t per timestep.
+        ``X`` like float inputs (None for ids), ``A`` = dL/dA_t per timestep; both None
+        with ``params_only``.
     h_last : ndarray
         The final hidden state H_T (n, h), to carry into the next chunk in
         truncated BPTT.
@@ -55,9 +58,9 @@ def loss_and_grads(
     y = check.check_targets(targets, layout, p.V.shape[1])
     h0 = check.check_h0(h0, layout, h, p.U.dtype)
     scale = check.check_reduction(reduction, layout.T, layout.n)
-    if not isinstance(grad_inputs, (bool, np.bool_)):
-        raise TypeError(f"grad_inputs must be True or False, got {grad_inputs!r}")
-    loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last = be.loss_and_grads(*p, x, y, h0, scale, bool(grad_inputs))
+    if not isinstance(params_only, (bool, np.bool_)):
+        raise TypeError(f"params_only must be True or False, got {params_only!r}")
+    loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last = be.loss_and_grads(*p, x, y, h0, scale, bool(params_only))
     grads = Grads(
         dU, dW, dV, db, dc, layout.state_to_user(dh0), layout.seq_to_user(dX), layout.seq_to_user(dA)
     )

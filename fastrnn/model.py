@@ -46,9 +46,9 @@ class RNN:
     def zero_state(self, n):
         return np.zeros((n, self.hidden), dtype=self.dtype)
 
-    def loss_and_grads(self, inputs, targets, h0=None, reduction="mean", grad_inputs=False):
+    def loss_and_grads(self, inputs, targets, h0=None, reduction="mean", params_only=True):
         return api.loss_and_grads(
-            self.params, inputs, targets, h0=h0, reduction=reduction, grad_inputs=grad_inputs, backend=self.backend
+            self.params, inputs, targets, h0=h0, reduction=reduction, params_only=params_only, backend=self.backend
         )
 
     def sample(self, length, *, prime="", temperature=1.0, top_k=None, seed=None, rng=None):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from cases import CASES, rel_err, run_python
+from cases import CASES, Case, rel_err, run_python
 
 
 def test_hand_worked_example(backend):
@@ -62,20 +62,26 @@ def test_sum_is_mean_times_T_n(backend):
             assert rel_err(a, b * case.T * case.n) <= 1e-13
 
 
-def test_grad_inputs_false_skips_only_dX(backend):
-    """grad_inputs=False leaves grads.X None and every other result bit-identical."""
-    params, inputs, targets, h0 = CASES[0].make(np.float64, seed=3)
-    assert inputs.dtype.kind == "f"
-    loss, full, h_last = fastrnn.loss_and_grads(params, inputs, targets, h0=h0, backend=backend)
-    loss2, lean, h_last2 = fastrnn.loss_and_grads(params, inputs, targets, h0=h0, grad_inputs=False, backend=backend)
-    assert full.X is not None and lean.X is None
-    assert loss2 == loss
-    np.testing.assert_array_equal(h_last2, h_last)
-    for field in full._fields:
-        if field != "X":
-            np.testing.assert_array_equal(getattr(lean, field), getattr(full, field), err_msg=field)
-    with pytest.raises(TypeError, match="grad_inputs"):
-        fastrnn.loss_and_grads(params, inputs, targets, grad_inputs="no", backend=backend)
+@pytest.mark.parametrize(
+    "case",
+    [CASES[0], Case(45, 8, 5, 6, 7), Case(300, 1, 9, 5, 9, ids=True), Case(9, 40, 3, 4, 5, ids=True, with_h0=False)],
+    ids=["core0", "dense-2-chunks", "ids-2-chunks", "ids-n40"],
+)
+def test_params_only_drops_X_and_A_and_nothing_else(backend, case):
+    """params_only=True leaves grads.X and grads.A None; everything else agrees with
+    the full step to rounding. The shapes walk the Numba backend's lean path
+    through one chunk, two chunks of unequal length, and one timestep per chunk."""
+    params, inputs, targets, h0 = case.make(np.float64, seed=3)
+    kw = case.kwargs(h0)
+    loss, full, h_last = fastrnn.loss_and_grads(params, inputs, targets, backend=backend, **kw)
+    loss2, lean, h_last2 = fastrnn.loss_and_grads(params, inputs, targets, params_only=True, backend=backend, **kw)
+    assert lean.X is None and lean.A is None
+    assert loss2 == pytest.approx(loss, rel=1e-14)
+    np.testing.assert_array_equal(h_last2, h_last)  # the forward pass is the same code
+    for field in ("U", "W", "V", "b", "c", "h0"):
+        assert rel_err(getattr(lean, field), getattr(full, field)) <= 1e-13, field
+    with pytest.raises(TypeError, match="params_only"):
+        fastrnn.loss_and_grads(params, inputs, targets, params_only="yes", backend=backend)
 
 
 def test_layouts_agree(backend):

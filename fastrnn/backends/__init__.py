@@ -1,8 +1,8 @@
 """The backend seam: every backend module has the same four kernels.
 
-``loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX)``
-    -> (loss, dU, dW, dV, db, dc, dh0, dX or None, dA, h_last); dX is None for ids
-    or when ``want_dX`` is false
+``loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, params_only)``
+    -> (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last); dX is None for ids, and
+    dX and dA are None when ``params_only``
 ``forward(U, W, b, inputs, h0)`` -> H (T, n, h)
 ``backward(U, W, inputs, h0, H, dH)`` -> (dU, dW, db, dh0, dX or None, dA)
 ``probs(U, W, V, b, c, inputs, h0)`` -> (Ŷ (T, n, v), h_last)

@@ -130,7 +130,7 @@ def backward(U, W, inputs, h0, H, dH):
     return dU, dW, db, dh0, dX, G
 
 
-def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
+def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, params_only=False):
     v = V.shape[1]
     T, n, d, h = _sizes(inputs, U, v)
     X, ids = _inputs(inputs)
@@ -141,13 +141,13 @@ def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
     O = np.empty((T * n, v), dt)
     dU, dW, dV = np.empty_like(U), np.empty_like(W), np.empty_like(V)
     db, dc, dh0 = np.empty(h, dt), np.empty(v, dt), np.empty((n, h), dt)
-    dX = np.empty((T, n, d), dt) if ids is None and want_dX else None
+    dX = np.empty((T, n, d), dt) if ids is None and not params_only else None
     loss = ffi.new("double *")
     a = _Args(dt)
     _call(_KERNELS[dt][3], loss, a.p(dU), a.p(dW), a.p(dV), a.p(db), a.p(dc), a.p(dh0), a.p(dX), a.p(G),
           a.p(Hs), a.p(O), a.p(U), a.p(W), a.p(V), a.p(b), a.p(c), a.p(X), a.p(ids), a.p(y),
           dt.type(scale), T, n, d, h, v)
-    return scale * loss[0], dU, dW, dV, db, dc, dh0, dX, G, Hs[T].copy()
+    return scale * loss[0], dU, dW, dV, db, dc, dh0, dX, (None if params_only else G), Hs[T].copy()
 
 
 def probs(U, W, V, b, c, inputs, h0):

@@ -87,11 +87,11 @@ def probs(U, W, V, b, c, inputs, h0):
     return np.exp(_log_softmax(H @ V + c)), H[-1].copy()
 
 
-def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
+def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, params_only=False):
     """Loss and every gradient of the full model.
 
-    Returns (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last); dX is None for ids or
-    when ``want_dX`` is false.
+    Returns (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last); dX is None for ids,
+    dX and dA are None when ``params_only``.
     """
     H = forward(U, W, b, inputs, h0)
     O = H @ V + c  # O_t = H_t V + c
@@ -109,5 +109,7 @@ def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, want_dX=True):
     dc = dO.sum(axis=(0, 1))  # dc = Σ_t 1ᵀ dO_t
     dH = dO @ V.T  # the output's share of dH_t: dO_t Vᵀ
 
-    dU, dW, db, dh0, dX, dA = backward(U, W, inputs, h0, H, dH, want_dX)
+    dU, dW, db, dh0, dX, dA = backward(U, W, inputs, h0, H, dH, want_dX=not params_only)
+    if params_only:
+        dX = dA = None
     return loss, dU, dW, dV, db, dc, dh0, dX, dA, H[-1].copy()
