@@ -301,14 +301,16 @@ def _exp_shifted(row, c):
 
 
 @njit(**NUMBA_FLAGS)
-def _softmax_xent(O, c, y, scale):
+def _softmax_xent(O, c, y, scale, dc):
     """Fused bias + softmax + cross-entropy over rows: O (m, v) holds H V and becomes dO.
 
-    dO = (softmax(O) − onehot(y)) · scale; returns Σ_rows −log Ŷ[y] (float64,
-    not yet scaled). Each row is shifted by its max so exp cannot overflow.
+    dO = (softmax(O) − onehot(y)) · scale; dc = Σ_rows dO while each row is in
+    cache; returns Σ_rows −log Ŷ[y] (float64, not yet scaled). Each row is
+    shifted by its max so exp cannot overflow.
     """
     m, v = O.shape
     total = 0.0
+    dc[:] = 0
     for r in range(m):
         row = O[r]
         logit_y = row[y[r]] + c[y[r]]
@@ -317,7 +319,9 @@ def _softmax_xent(O, c, y, scale):
         inv = scale / s
         for k in range(v):
             row[k] *= inv
-        row[y[r]] -= scale
+        row[y[r]] -= scale  # dO_t = (Ŷ_t − onehot(y_t)) · scale
+        for k in range(v):
+            dc[k] += row[k]  # dc = Σ_t 1ᵀ dO_t
     return total
 
 
@@ -400,10 +404,9 @@ def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     Hs = _forward_states(U, W, b, X, ids, h0)
     H = Hs[1:].reshape(T * n, h)
     O = np.dot(H, V)  # H V, all steps at once (+ c is fused into the softmax)
-    total = _softmax_xent(O, c, targets.reshape(T * n), scale)  # O is now dO
-    dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
     dc = np.empty(v, dtype=V.dtype)
-    _column_sums(dc, O)  # dc = Σ_t 1ᵀ dO_t
+    total = _softmax_xent(O, c, targets.reshape(T * n), scale, dc)  # O is now dO
+    dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
     G = np.empty((T, n, h), dtype=U.dtype)
     np.dot(O, V.T, G.reshape(T * n, h))  # the output's share of dH_t: dO_t Vᵀ
     dU, dW, db, dh0, dX = _backward_from(G, Hs, U, W, X, ids)
@@ -411,11 +414,12 @@ def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale):
 
 
 @njit(**NUMBA_FLAGS)
-def _chunk_steps(G, H, WT, carry):
+def _chunk_steps(G, H, WT, carry, db):
     """dA_t = (G[t] + carry) ⊙ (1 − H[t]²) into G[t], then carry = dA_t Wᵀ, for t descending.
 
     G, H: (m, n, h) for the chunk's steps; carry (n, h) comes in as dA_{t+1} Wᵀ
-    from the step after the chunk and leaves as dA Wᵀ of its first step.
+    from the step after the chunk and leaves as dA Wᵀ of its first step. Adds
+    each dA_t's rows into db.
     """
     m, n, h = G.shape
     one = np.ones(1, dtype=G.dtype)[0]
@@ -425,7 +429,9 @@ def _chunk_steps(G, H, WT, carry):
         for i in range(n):
             for j in range(h):
                 y = Ht[i, j]
-                Gt[i, j] = (Gt[i, j] + carry[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
+                a = (Gt[i, j] + carry[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
+                Gt[i, j] = a
+                db[j] += a  # db = Σ_t 1ᵀ dA_t
         np.dot(Gt, WT, carry)  # dA_t Wᵀ, for step t−1 (after step 1 it is dh0)
 
 
@@ -453,10 +459,9 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     Hs = _forward_states(U, W, b, X, ids, h0)
     H = Hs[1:].reshape(T * n, h)
     O = np.dot(H, V)
-    total = _softmax_xent(O, c, targets.reshape(T * n), scale)  # O is now dO
-    dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
     dc = np.empty(v, dtype=V.dtype)
-    _column_sums(dc, O)  # dc = Σ_t 1ᵀ dO_t
+    total = _softmax_xent(O, c, targets.reshape(T * n), scale, dc)  # O is now dO
+    dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
 
     steps = min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))
     G = np.empty((steps, n, h), dtype=U.dtype)
@@ -466,7 +471,6 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     dU = np.zeros((d, h), dtype=U.dtype)
     part_hh = np.empty((h, h), dtype=U.dtype)
     part_dh = np.empty((d, h), dtype=U.dtype)
-    part_h = np.empty(h, dtype=U.dtype)
     WTc = np.ascontiguousarray(W.T) if n * h * h < _COPY_WT_BELOW else np.empty((0, 0), dtype=U.dtype)
     t1 = T
     while t1 > 0:
@@ -476,13 +480,11 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
         rows = Gc.reshape(m * n, h)
         np.dot(O[t0 * n : t1 * n], V.T, rows)  # dO_t Vᵀ for the chunk
         if WTc.size:
-            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], WTc, carry)
+            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], WTc, carry, db)
         else:
-            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], W.T, carry)
+            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], W.T, carry, db)
         np.dot(Hs[t0:t1].reshape(m * n, h).T, rows, part_hh)  # Σ_chunk H_{t-1}ᵀ dA_t
         dW += part_hh
-        _column_sums(part_h, rows)
-        db += part_h
         if ids.size == 0:
             np.dot(X[t0:t1].reshape(m * n, d).T, rows, part_dh)  # Σ_chunk X_tᵀ dA_t
             dU += part_dh
