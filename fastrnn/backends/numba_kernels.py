@@ -10,7 +10,10 @@ the work for one training step (sizes T, n, d, h, v):
   dA_{t+1} Wᵀ (backward), each a BLAS call into a preallocated buffer, with
   bias, tanh and tanh' fused into one pass over the result;
 * softmax and cross-entropy are fused: one pass per row turns the logits into
-  dO in place and accumulates the loss.
+  dO in place and accumulates the loss (and dc);
+* with ``params_only`` (:func:`_params_grads`) dO Vᵀ, dW and dU run over chunks
+  of T/8 timesteps instead, so that dA is never held for all T at once;
+* tanh and exp are this module's own (below), so the loops vectorise.
 
 Inside Numba, ``np.dot`` calls SciPy's BLAS, which is why SciPy is a run-time
 dependency of this backend. Arithmetic stays in the arrays' dtype: no literal
