@@ -222,47 +222,44 @@ _COPY_WT_BELOW = 1 << 20
 
 
 @njit(**NUMBA_FLAGS)
-def _recurrence_backward(G, Hs, W, dh0):
-    """Turn G[t] = the non-recurrent part of dH_t into dA_t, in place, for t = T-1..0.
-
-    dH_t = G[t] + dA_{t+1} Wᵀ;  dA_t = dH_t ⊙ (1 − H_t²);  dh0 = dA_1 Wᵀ (into dh0).
-    G: (T, n, h), Hs: (T+1, n, h), W: (h, h), dh0: (n, h) also serves as scratch.
-    """
-    T, n, h = G.shape
+def _transposed_W(W, n):
+    """A contiguous copy of Wᵀ where that is faster for n rows, else an empty stand-in."""
+    h = W.shape[0]
     if n * h * h < _COPY_WT_BELOW:
-        _backward_steps(G, Hs, np.ascontiguousarray(W.T), dh0)
+        return np.ascontiguousarray(W.T)
+    return np.empty((0, 0), dtype=W.dtype)
+
+
+@njit(**NUMBA_FLAGS)
+def _recurrence_backward(G, H, W, WTc, carry, db):
+    """Turn G[t] = the non-recurrent part of dH_t into dA_t, in place, for t descending.
+
+    dH_t = G[t] + dA_{t+1} Wᵀ;  dA_t = dH_t ⊙ (1 − H_t²);  db += Σ_rows dA_t.
+    G, H: (m, n, h) for a run of consecutive steps (all T, or a chunk); carry
+    (n, h) comes in as dA Wᵀ of the step after the run (zeros after the last
+    step) and leaves as dA Wᵀ of the run's first step: dh0 once the run reaches
+    t = 1. WTc is _transposed_W(W, n): the copy, or empty for the view W.T.
+    """
+    if WTc.size:
+        _steps_back(G, H, WTc, carry, db)
     else:
-        _backward_steps(G, Hs, W.T, dh0)
+        _steps_back(G, H, W.T, carry, db)
 
 
 @njit(**NUMBA_FLAGS)
-def _backward_steps(G, Hs, WT, dh0):
-    T, n, h = G.shape
+def _steps_back(G, H, WT, carry, db):
+    m, n, h = G.shape
     one = np.ones(1, dtype=G.dtype)[0]  # a 1 of G's dtype: a bare literal would promote float32
-    for t in range(T - 1, -1, -1):
-        Gt = G[t]
-        Ht = Hs[t + 1]
-        if t < T - 1:
-            np.dot(G[t + 1], WT, dh0)  # dA_{t+1} Wᵀ
-            for i in range(n):
-                for j in range(h):
-                    y = Ht[i, j]
-                    Gt[i, j] = (Gt[i, j] + dh0[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
-        else:
-            for i in range(n):
-                for j in range(h):
-                    y = Ht[i, j]
-                    Gt[i, j] = Gt[i, j] * (one - y * y)
-    np.dot(G[0], WT, dh0)  # dh0 = dA_1 Wᵀ
-
-
-@njit(**NUMBA_FLAGS)
-def _column_sums(out, M):
-    """out = 1ᵀ M, accumulated row by row in M's dtype."""
-    out[:] = 0
-    for i in range(M.shape[0]):
-        for j in range(M.shape[1]):
-            out[j] += M[i, j]
+    for k in range(m - 1, -1, -1):
+        Gt = G[k]
+        Ht = H[k]
+        for i in range(n):
+            for j in range(h):
+                y = Ht[i, j]
+                a = (Gt[i, j] + carry[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
+                Gt[i, j] = a
+                db[j] += a  # db = Σ_t 1ᵀ dA_t
+        np.dot(Gt, WT, carry)  # dA_t Wᵀ, for step t−1 (after step 1 it is dh0)
 
 
 @njit(**{**NUMBA_FLAGS, "fastmath": {"contract", "reassoc"}})
@@ -279,9 +276,8 @@ def _sum(x):
 def _exp_shifted(row, c):
     """row ← row + c, then row ← exp(row − max(row)) in place; returns (max, Σ_k row[k]).
 
-    The max and the sum run over four interleaved partials (the max is exact in
-    any order; the sum's reordering is within rounding), so they pipeline
-    instead of waiting on one add at a time.
+    The max runs over four interleaved partials (exact in any order), so the
+    compares pipeline; the sum is _sum's.
     """
     v = row.shape[0]
     for k in range(v):
@@ -384,12 +380,11 @@ def _backward_from(G, Hs, U, W, X, ids):
     """
     T, n, h = G.shape
     d = U.shape[0]
-    dh0 = np.empty((n, h), dtype=U.dtype)
-    _recurrence_backward(G, Hs, W, dh0)
+    dh0 = np.zeros((n, h), dtype=U.dtype)  # the carry: dA_{T+1} Wᵀ = 0, and dA_1 Wᵀ at the end
+    db = np.zeros(h, dtype=U.dtype)
+    _recurrence_backward(G, Hs[1:], W, _transposed_W(W, n), dh0, db)
     dA = G.reshape(T * n, h)
     dW = np.dot(Hs[:T].reshape(T * n, h).T, dA)  # dW = Σ_t H_{t-1}ᵀ dA_t
-    db = np.empty(h, dtype=U.dtype)
-    _column_sums(db, dA)  # db = Σ_t 1ᵀ dA_t
     if ids.size == 0:
         dU = np.dot(X.reshape(T * n, d).T, dA)  # dU = Σ_t X_tᵀ dA_t
         dX = np.dot(dA, U.T).reshape(T, n, d)  # dX_t = dA_t Uᵀ
@@ -414,28 +409,6 @@ def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     np.dot(O, V.T, G.reshape(T * n, h))  # the output's share of dH_t: dO_t Vᵀ
     dU, dW, db, dh0, dX = _backward_from(G, Hs, U, W, X, ids)
     return total, dU, dW, dV, db, dc, dh0, dX, G, Hs[T].copy()
-
-
-@njit(**NUMBA_FLAGS)
-def _chunk_steps(G, H, WT, carry, db):
-    """dA_t = (G[t] + carry) ⊙ (1 − H[t]²) into G[t], then carry = dA_t Wᵀ, for t descending.
-
-    G, H: (m, n, h) for the chunk's steps; carry (n, h) comes in as dA_{t+1} Wᵀ
-    from the step after the chunk and leaves as dA Wᵀ of its first step. Adds
-    each dA_t's rows into db.
-    """
-    m, n, h = G.shape
-    one = np.ones(1, dtype=G.dtype)[0]
-    for k in range(m - 1, -1, -1):
-        Gt = G[k]
-        Ht = H[k]
-        for i in range(n):
-            for j in range(h):
-                y = Ht[i, j]
-                a = (Gt[i, j] + carry[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
-                Gt[i, j] = a
-                db[j] += a  # db = Σ_t 1ᵀ dA_t
-        np.dot(Gt, WT, carry)  # dA_t Wᵀ, for step t−1 (after step 1 it is dh0)
 
 
 #: The lean step keeps dA for an eighth of the timesteps at a time (12.5% of H),
@@ -474,7 +447,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     dU = np.zeros((d, h), dtype=U.dtype)
     part_hh = np.empty((h, h), dtype=U.dtype)
     part_dh = np.empty((d, h), dtype=U.dtype)
-    WTc = np.ascontiguousarray(W.T) if n * h * h < _COPY_WT_BELOW else np.empty((0, 0), dtype=U.dtype)
+    WTc = _transposed_W(W, n)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - steps)
@@ -482,10 +455,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
         Gc = G[:m]
         rows = Gc.reshape(m * n, h)
         np.dot(O[t0 * n : t1 * n], V.T, rows)  # dO_t Vᵀ for the chunk
-        if WTc.size:
-            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], WTc, carry, db)
-        else:
-            _chunk_steps(Gc, Hs[t0 + 1 : t1 + 1], W.T, carry, db)
+        _recurrence_backward(Gc, Hs[t0 + 1 : t1 + 1], W, WTc, carry, db)
         np.dot(Hs[t0:t1].reshape(m * n, h).T, rows, part_hh)  # Σ_chunk H_{t-1}ᵀ dA_t
         dW += part_hh
         if ids.size == 0:
