@@ -38,6 +38,13 @@ def _check_finite(name, a):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def check_flag(name, value):
+    """A True/False argument: bool or numpy bool, nothing merely truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _check_shape(name, a, expected, letters):
     if a.shape != tuple(expected):
         want = "(" + ", ".join(f"{k}={s}" for k, s in zip(letters, expected)) + (",)" if len(expected) == 1 else ")")
@@ -145,8 +152,7 @@ class Layout:
 def check_inputs(inputs, d, dtype, batch_first):
     """Float (T, n, d) or integer ids (T, n) [(n, T, ...) with batch_first; (T, d) or
     (T,) for one sequence]. Returns (time-major contiguous inputs, Layout)."""
-    if not isinstance(batch_first, (bool, np.bool_)):
-        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    batch_first = check_flag("batch_first", batch_first)
     x = _as_array("inputs", inputs)
     kind = x.dtype.kind
     if kind == "f":
@@ -180,7 +186,7 @@ def check_inputs(inputs, d, dtype, batch_first):
             bad = lo if lo < 0 else hi
             raise ValueError(f"inputs holds token id {bad}, outside [0, d={d})")
         x = np.ascontiguousarray(x, dtype=np.intp)
-    return x, Layout(T, n, unbatched, bool(batch_first))
+    return x, Layout(T, n, unbatched, batch_first)
 
 
 def check_targets(targets, layout, v):

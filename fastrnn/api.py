@@ -58,9 +58,8 @@ def loss_and_grads(
     y = check.check_targets(targets, layout, p.V.shape[1])
     h0 = check.check_h0(h0, layout, h, p.U.dtype)
     scale = check.check_reduction(reduction, layout.T, layout.n)
-    if not isinstance(params_only, (bool, np.bool_)):
-        raise TypeError(f"params_only must be True or False, got {params_only!r}")
-    loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last = be.loss_and_grads(*p, x, y, h0, scale, bool(params_only))
+    params_only = check.check_flag("params_only", params_only)
+    loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last = be.loss_and_grads(*p, x, y, h0, scale, params_only)
     grads = Grads(
         dU, dW, dV, db, dc, layout.state_to_user(dh0), layout.seq_to_user(dX), layout.seq_to_user(dA)
     )
