@@ -1,5 +1,5 @@
 /* tanh and exp that vectorise: the same algorithms as the Numba backend's
- * (fastrnn/backends/numba_kernels.py, "Elementwise math that vectorises").
+ * (src/fastrnn/backends/numba_kernels.py, "Elementwise math that vectorises").
  *
  * A call to libm's tanh or exp keeps a loop scalar. These are straight-line
  * code with selects instead of branches, so GCC and Clang vectorise the loops

@@ -73,7 +73,7 @@ def test_c_error_codes_become_exceptions():
 
 
 def test_build_script_mirrors_the_header():
-    sys.path.insert(0, str(ROOT / "fastrnn"))
+    sys.path.insert(0, str(ROOT / "src" / "fastrnn"))
     try:
         import _cffi_build
     finally:

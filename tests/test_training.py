@@ -145,7 +145,7 @@ def test_batcher_windows_and_reset():
 def test_state_is_carried_between_windows_and_reset_at_restart():
     text = CORPUS[:200]
     vocab = Vocab.from_text(text)
-    model = fastrnn.RNN(vocab, 8, dtype=np.float64, seed=0)
+    model = fastrnn.CharRNN(vocab, 8, dtype=np.float64, seed=0)
     tr = fastrnn.Trainer(model, vocab.encode(text), seq_len=5, batch=2, optimizer="sgd", lr=1e-9)
     seen = []
     original = model.loss_and_grads
@@ -172,7 +172,7 @@ def test_state_is_carried_between_windows_and_reset_at_restart():
 
 def _trained_model(steps=60):
     vocab = Vocab.from_text(CORPUS)
-    model = fastrnn.RNN(vocab, 32, seed=1)
+    model = fastrnn.CharRNN(vocab, 32, seed=1)
     tr = fastrnn.Trainer(model, vocab.encode(CORPUS), seq_len=20, batch=4, lr=1e-2)
     tr.run(steps, progress=False)
     return model
@@ -197,7 +197,7 @@ def test_checkpoint_round_trip(tmp_path):
     model = _trained_model(10)
     path = tmp_path / "m.npz"
     model.save(path)
-    loaded = fastrnn.RNN.load(path)
+    loaded = fastrnn.CharRNN.load(path)
     assert loaded.vocab == model.vocab and loaded.hidden == 32 and loaded.dtype == np.float32
     for a, b in zip(loaded.params, model.params):
         np.testing.assert_array_equal(a, b)
@@ -211,10 +211,10 @@ def test_resume_is_bit_exact(tmp_path, optimizer):
     ids = vocab.encode(CORPUS)
     kw = dict(seq_len=16, batch=3, optimizer=optimizer, lr=1e-2)
     args = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else None
-    one = fastrnn.Trainer(fastrnn.RNN(vocab, 24, seed=5), ids, optimizer_args=args, **kw)
+    one = fastrnn.Trainer(fastrnn.CharRNN(vocab, 24, seed=5), ids, optimizer_args=args, **kw)
     one.run(25, progress=False)  # 25 > windows per epoch: the restart is crossed
 
-    two = fastrnn.Trainer(fastrnn.RNN(vocab, 24, seed=5), ids, optimizer_args=args, **kw)
+    two = fastrnn.Trainer(fastrnn.CharRNN(vocab, 24, seed=5), ids, optimizer_args=args, **kw)
     two.run(11, progress=False, checkpoint=tmp_path / "c.npz")
     resumed = fastrnn.Trainer.resume(tmp_path / "c.npz", ids)
     resumed.run(14, progress=False)
@@ -227,7 +227,7 @@ def test_resume_is_bit_exact(tmp_path, optimizer):
 
 def test_resume_refuses_another_corpus(tmp_path):
     vocab = Vocab.from_text(CORPUS)
-    tr = fastrnn.Trainer(fastrnn.RNN(vocab, 8, seed=0), vocab.encode(CORPUS), seq_len=10, batch=2)
+    tr = fastrnn.Trainer(fastrnn.CharRNN(vocab, 8, seed=0), vocab.encode(CORPUS), seq_len=10, batch=2)
     tr.run(2, progress=False, checkpoint=tmp_path / "c.npz")
     with pytest.raises(CheckpointError, match="another corpus"):
         fastrnn.Trainer.resume(tmp_path / "c.npz", vocab.encode(CORPUS[::-1]))
@@ -267,7 +267,7 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
 def test_training_learns():
     """150 steps on a repetitive corpus take the loss from about log(v) to below a third of it."""
     vocab = Vocab.from_text(CORPUS)
-    model = fastrnn.RNN(vocab, 64, seed=0)
+    model = fastrnn.CharRNN(vocab, 64, seed=0)
     tr = fastrnn.Trainer(model, vocab.encode(CORPUS), seq_len=25, batch=8, lr=1e-2, val_ids=vocab.encode(CORPUS[:300]))
     history = tr.run(150, progress=False)
     first, last = np.mean(history.loss[:5]), np.mean(history.loss[-10:])
@@ -278,14 +278,14 @@ def test_training_learns():
 
 def test_callbacks_can_stop_training():
     vocab = Vocab.from_text(CORPUS)
-    tr = fastrnn.Trainer(fastrnn.RNN(vocab, 8, seed=0), vocab.encode(CORPUS), seq_len=10, batch=2)
+    tr = fastrnn.Trainer(fastrnn.CharRNN(vocab, 8, seed=0), vocab.encode(CORPUS), seq_len=10, batch=2)
     tr.run(100, progress=False, callbacks=[lambda trainer, loss: trainer.step_count >= 7])
     assert tr.step_count == 7
 
 
 def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     vocab = Vocab.from_text(CORPUS)
-    model = fastrnn.RNN(vocab, 8, dtype=np.float64, seed=0)
+    model = fastrnn.CharRNN(vocab, 8, dtype=np.float64, seed=0)
     tr = fastrnn.Trainer(model, vocab.encode(CORPUS), seq_len=10, batch=2, optimizer="sgd", lr=0.1)
     path = tmp_path / "c.npz"
     original = model.loss_and_grads

@@ -58,7 +58,7 @@ def corpus_fingerprint(ids):
 
 
 class Trainer:
-    """Runs truncated-BPTT training of an :class:`RNN` on token ids.
+    """Runs truncated-BPTT training of an :class:`CharRNN` on token ids.
 
     Each step takes the next (T, n) window from the batcher, starts from the
     hidden state the previous window ended in (zeros when the streams restart),

@@ -1,4 +1,4 @@
-"""A character-level RNN language model: params, vocabulary, config, sampling, checkpoints."""
+"""A character-level CharRNN language model: params, vocabulary, config, sampling, checkpoints."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from . import api
 from ._params import Params, init_params
 from .data import Vocab
 
-__all__ = ["RNN", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CharRNN", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "fastrnn-checkpoint"
 VERSION = 1
@@ -24,8 +24,8 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, is damaged, or does not match."""
 
 
-class RNN:
-    """A vanilla RNN language model over a character vocabulary.
+class CharRNN:
+    """A vanilla CharRNN language model over a character vocabulary.
 
     Inputs are token ids (one-hot rows of X, d = v = len(vocab)). ``backend``
     picks the kernels (None: the default backend).
@@ -184,7 +184,7 @@ def load_checkpoint(path, backend=None):
             raise CheckpointError(f"{path}: params.{k} contains NaN or Inf")
     if cfg.get("vocab_size") != v:
         raise CheckpointError(f"{path}: vocabulary has {v} characters, the config says {cfg.get('vocab_size')}")
-    model = RNN(vocab, h, dtype=dtype, backend=backend, params=Params(*(np.ascontiguousarray(a) for a in params)))
+    model = CharRNN(vocab, h, dtype=dtype, backend=backend, params=Params(*(np.ascontiguousarray(a) for a in params)))
     extras = {
         "optimizer": header.get("optimizer"),
         "optimizer_args": header.get("optimizer_args") or {},

@@ -1,4 +1,4 @@
-"""fastrnn: a fast, exact vanilla RNN (tanh recurrence, softmax output) for numpy users.
+"""fastrnn: a fast, exact vanilla CharRNN (tanh recurrence, softmax output) for numpy users.
 
     A_t = X_t U + H_{t-1} W + b,  H_t = tanh(A_t),  O_t = H_t V + c,  Ŷ_t = softmax(O_t)
 
@@ -10,7 +10,7 @@ from ._params import Grads, LayerGrads, Params, init_params
 from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
 from .backends import backends, get_backend, set_backend, unavailable
 from .data import Batcher, Vocab
-from .model import RNN
+from .model import CharRNN
 from .train import Trainer, TrainingDiverged
 from . import optim
 from .gradcheck import gradcheck
@@ -30,7 +30,7 @@ __all__ = [
     "get_backend",
     "set_backend",
     "unavailable",
-    "RNN",
+    "CharRNN",
     "Vocab",
     "Batcher",
     "Trainer",

@@ -43,7 +43,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a character-level RNN language model")
+    t = sub.add_parser("train", help="train a character-level CharRNN language model")
     t.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: Python standard-library source)")
     t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size h (default 256)")
     t.add_argument("--seq-len", type=_positive_int, default=50, help="truncated-BPTT window T (default 50)")
@@ -96,7 +96,7 @@ def _read_corpus(path):
 
 
 def cmd_train(args):
-    from . import RNN, get_backend
+    from . import CharRNN, get_backend
     from .data import Vocab
     from .train import Trainer
 
@@ -120,7 +120,7 @@ def cmd_train(args):
             raise UsageError(f"{args.out}: was trained on a corpus with another vocabulary")
     else:
         lr = args.lr if args.lr is not None else {"adam": 3e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}[args.optimizer]
-        model = RNN(vocab, args.hidden, dtype=args.dtype, seed=args.seed, backend=backend)
+        model = CharRNN(vocab, args.hidden, dtype=args.dtype, seed=args.seed, backend=backend)
         trainer = Trainer(
             model, train_ids, seq_len=args.seq_len, batch=args.batch, optimizer=args.optimizer, lr=lr,
             clip=None if args.clip_norm else args.clip, clip_norm=args.clip_norm, val_ids=val_ids,
@@ -179,9 +179,9 @@ def _plot(history, unigram, path):
 
 
 def cmd_sample(args):
-    from .model import RNN
+    from .model import CharRNN
 
-    model = RNN.load(args.model, backend=args.backend)
+    model = CharRNN.load(args.model, backend=args.backend)
     try:
         text = model.sample(args.length, prime=args.prime, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     except ValueError as exc:  # e.g. a prime character the model never saw

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (or unpacked sdist)
 CSRC = ROOT / "csrc"
 HEADER = CSRC / "fastrnn.h"
 
