@@ -44,6 +44,8 @@ AGREEMENT_CASES = GRADCHECK_CASES + [
     GCase(7, 5, 4, 6, 7, L=2, D=2, lengths=(7, 3, 7, 1, 5), ignore=4),
     GCase(6, 4, 5, 5, 6, L=3, D=1, relu=True, lengths=(6, 6, 6, 6)),
     GCase(6, 4, 5, 5, 6, L=1, D=1, lengths=(2, 6, 4, 2), ids=True),
+    GCase(5, 3, 3, 4, 5, L=2, D=2),  # nothing padded, h0 given: the kernels' no-copy branch
+    GCase(5, 3, 3, 4, 5, L=2, D=2, relu=True, lengths=(5, 5, 5), ids=True),
 ]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -195,3 +197,18 @@ def test_random_lengths_layers_directions(T, n, L, D, relu, seed, data):
             assert got[0] == pytest.approx(ref[0], rel=1e-12, abs=1e-300)
             for k, a in flat_grads(ref[1]).items():
                 assert rel_err(flat_grads(got[1])[k], a) <= 1e-12, (name, k)
+
+
+@pytest.mark.parametrize("equal", [True, False], ids=["equal-lengths", "lengths"])
+def test_wide_step_takes_the_other_W_transpose_branch(fast_backend, equal):
+    """n·h·h ≥ 2^20 multiply-adds per step: the backward recurrence multiplies by the
+    view Wᵀ instead of a contiguous copy (both kernels branch on that size)."""
+    supports_general(fast_backend)
+    T, n, h = 3, 64, 128
+    lengths = None if equal else tuple([3, 1, 2, 3] * (n // 4))
+    case = GCase(T, n, 3, h, 4, L=1, D=2, relu=False, lengths=lengths)
+    params, x, y, h0, lengths = case.make()
+    ref = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=REFERENCE)
+    got = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=fast_backend)
+    for name, a in flat_grads(ref[1]).items():
+        assert rel_err(flat_grads(got[1])[name], a) <= 1e-12, name
