@@ -174,6 +174,10 @@ def _general(params, lengths, targets=None, ignore_index=-100):
         return True
     if targets is None:
         return False
+    if (type(ignore_index) is int and ignore_index < 0 and type(targets) is np.ndarray
+            and targets.dtype.kind in "iu" and targets.size):
+        # a negative ignore_index is the only negative target allowed: one reduction decides
+        return bool(targets.min() < 0)
     ignore_index = check.check_ignore_index(ignore_index)
     try:
         return bool(np.any(np.asarray(targets) == ignore_index))
