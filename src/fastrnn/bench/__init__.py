@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONFIGS", "QUICK", "make", "load_peer", "peers_from_env", "check_against_reference", "step_benchmark"]
+__all__ = ["CONFIGS", "QUICK", "make", "load_peer", "peers_from_env", "reference", "check_against_reference", "step_benchmark"]
 
 #: name -> (T, n, d, h, v, token_ids): sequence length, batch, input, hidden and output sizes.
 CONFIGS = {
@@ -93,13 +93,20 @@ def peers_from_env():
     return {spec.rpartition(":")[2]: load_peer(spec) for spec in specs}
 
 
-def check_against_reference(fn, params, inputs, targets):
-    """Run ``fn`` once and compare its loss and U, W, V, b, c gradients with the numpy
-    reference at the same dtype; raise AssertionError naming the first that disagrees."""
+def reference(params, inputs, targets):
+    """(loss, grads) of the numpy reference backend, at the parameters' dtype."""
     import fastrnn
 
+    loss, grads, _ = fastrnn.loss_and_grads(params, inputs, targets, backend="numpy")
+    return loss, grads
+
+
+def check_against_reference(fn, params, inputs, targets, expected=None):
+    """Run ``fn`` once and compare its loss and U, W, V, b, c gradients with the numpy
+    reference's at the same dtype (``expected``, from :func:`reference`, if already
+    computed); raise AssertionError naming the first that disagrees."""
     tol = TOLERANCE[np.dtype(params.U.dtype)]
-    ref_loss, ref, _ = fastrnn.loss_and_grads(params, inputs, targets, backend="numpy")
+    ref_loss, ref = expected if expected is not None else reference(params, inputs, targets)
     loss, grads, _ = fn(params, inputs, targets)
     loss = float(loss)
     if not abs(loss - ref_loss) <= tol * abs(ref_loss):
@@ -113,8 +120,8 @@ def check_against_reference(fn, params, inputs, targets):
             raise AssertionError(f"d{name} differs from the reference by {err:.2e} relative (tolerance {tol:.0e})")
 
 
-def step_benchmark(benchmark, fn, params, inputs, targets, rounds=5):
+def step_benchmark(benchmark, fn, params, inputs, targets, rounds=5, expected=None):
     """Check ``fn`` against the reference, then time ``fn(params, inputs, targets)``
     with pytest-benchmark (one untimed warm-up call, ``rounds`` timed ones)."""
-    check_against_reference(fn, params, inputs, targets)
+    check_against_reference(fn, params, inputs, targets, expected)
     return benchmark.pedantic(fn, args=(params, inputs, targets), rounds=rounds, iterations=1, warmup_rounds=1)

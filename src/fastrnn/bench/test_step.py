@@ -10,11 +10,18 @@ import pytest
 
 import fastrnn
 from fastrnn.backends import BACKEND_ORDER
-from fastrnn.bench import CONFIGS, QUICK, QUICK_ENV, make, peers_from_env, step_benchmark
+from fastrnn.bench import CONFIGS, QUICK, QUICK_ENV, make, peers_from_env, reference, step_benchmark
 
 CONFIG_NAMES = list(QUICK if os.environ.get(QUICK_ENV, "") not in ("", "0") else CONFIGS)
 IMPLEMENTATIONS = {f"fastrnn-{name}": name for name in BACKEND_ORDER}
 IMPLEMENTATIONS.update(peers_from_env())
+
+
+@functools.lru_cache(maxsize=None)
+def data(config, dtype):
+    """The configuration's (params, inputs, targets) and the reference's answer, made once."""
+    args = make(config, dtype)
+    return args, reference(*args)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -32,4 +39,5 @@ def test_step(benchmark, impl, config, dtype):
         fn = target
     benchmark.group = f"{config}-{np.dtype(dtype).name}"
     benchmark.extra_info.update(config=dict(zip("T n d h v".split(), CONFIGS[config][:5])), token_ids=CONFIGS[config][5])
-    step_benchmark(benchmark, fn, *make(config, dtype))
+    args, expected = data(config, dtype)
+    step_benchmark(benchmark, fn, *args, expected=expected)
