@@ -4,7 +4,7 @@
     python bench/general.py --configs small --backends c --repeats 9
 
 One training step each (loss and every parameter gradient, ``params_only=True``,
-float32, the configurations of bench/configs.py), on the same data:
+float32, the configurations of fastrnn.bench), on the same data:
 
 * ``1 layer``: today's model (Params, equal lengths) — the baseline;
 * ``2 layers``: num_layers=2, equal lengths; target ≤ 1.05 × (2 × ``1 layer``);
@@ -27,15 +27,12 @@ shared: only the ratios within one run mean anything.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fastrnn  # noqa: E402
-from configs import CONFIGS, make  # noqa: E402
+import fastrnn
+from fastrnn.bench import CONFIGS, make
 
 
 def variants(config, backend, dtype, seed=0):
