@@ -23,6 +23,7 @@ is one product.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
@@ -112,11 +113,22 @@ def _unsort(a, p):
     return out
 
 
-_side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-direction")
+_side = None  # one worker thread for the reversed direction, started on first use
+
+
+def _forget_side():
+    global _side
+    _side = None  # a forked child has no such thread: it starts its own
+
+
+os.register_at_fork(after_in_child=_forget_side)
 
 
 def _both(fn, args_fwd, args_rev):
     """fn on both directions, the reversed one on a second thread (the kernels release the GIL)."""
+    global _side
+    if _side is None:
+        _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-direction")
     future = _side.submit(fn, *args_rev)
     forward = fn(*args_fwd)
     return forward, future.result()
