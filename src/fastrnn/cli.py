@@ -145,11 +145,11 @@ def cmd_train(args):
 
     # Everything that can be checked is checked before any work starts.
     if args.plot:
+        _check_output("--plot", args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
-        _check_output("--plot", args.plot)
     if not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.resume and args.force:
