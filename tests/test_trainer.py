@@ -53,7 +53,11 @@ def test_divergence_after_a_checkpoint_names_it(vocab, ids, tmp_path):
     tr.optimizer.lr = 1e39
     with pytest.raises(fastrnn.TrainingDiverged, match=r"step 5 .*the last good checkpoint is .*c\.npz \(step 4\)"):
         tr.run(3, progress=False, checkpoint=path, checkpoint_every=2)
-    assert fastrnn.Trainer.resume(path, ids).step_count == 4
+    resumed = fastrnn.Trainer.resume(path, ids)
+    assert resumed.step_count == 4
+    resumed.optimizer.lr = 1e39
+    with pytest.raises(fastrnn.TrainingDiverged, match=r"the last good checkpoint is .*c\.npz \(step 4\)"):
+        resumed.run(1, progress=False)  # the file it resumed from is a good checkpoint
 
 
 def test_save_checkpoint_never_writes_non_finite_parameters(vocab, tmp_path):

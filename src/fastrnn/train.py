@@ -278,6 +278,13 @@ class Trainer:
                         break
                     if interrupted():
                         raise KeyboardInterrupt
+                if bar is not None:
+                    bar.close()
+                # the last validation and save, still shielded: a Ctrl-C now waits for them
+                if self.val_ids is not None and (not self.history.val_steps or self.history.val_steps[-1] != self.step_count):
+                    self.validate()
+                if checkpoint:
+                    self.save(checkpoint)
         except (KeyboardInterrupt, SystemError) as exc:
             if not _from_interrupt(exc):
                 raise
@@ -285,10 +292,6 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.val_ids is not None and (not self.history.val_steps or self.history.val_steps[-1] != self.step_count):
-            self.validate()
-        if checkpoint:
-            self.save(checkpoint)
         return self.history
 
     def _last_good(self):
@@ -367,6 +370,7 @@ class Trainer:
         trainer.optimizer = optimizer
         try:
             trainer._restore(state, extras["version"])
+            trainer._saved_at = (path, trainer.step_count)  # a good checkpoint to name if training diverges
         except KeyError as exc:
             raise CheckpointError(f"{path}: not a training checkpoint (missing {exc})") from None
         except (TypeError, ValueError) as exc:
