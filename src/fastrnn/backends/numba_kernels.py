@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .._config import NUMBA_FLAGS
+from .._config import COPY_WT_BELOW, NUMBA_FLAGS
 
 # --------------------------------------------------------------------------
 # Elementwise math that vectorises.
@@ -214,18 +214,12 @@ def _recurrence_forward(Hs, W, b):
                 At[i, j] = vtanh(At[i, j] + HW[i, j] + b[j])  # H_t = tanh(X_t U + H_{t-1} W + b)
 
 
-#: Below this many multiply-adds (n·h·h) per step, the backward recurrence
-#: multiplies by a contiguous copy of Wᵀ: OpenBLAS 0.3.30 took twice as long on
-#: the transposed view at the char32 and small sizes, and 8% less at medium and
-#: large (bench/compare.py figures in the README).
-_COPY_WT_BELOW = 1 << 20
-
-
 @njit(**NUMBA_FLAGS)
 def _transposed_W(W, n):
-    """A contiguous copy of Wᵀ where that is faster for n rows, else an empty stand-in."""
+    """A contiguous copy of Wᵀ where that is faster for n rows (see
+    _config.COPY_WT_BELOW), else an empty stand-in."""
     h = W.shape[0]
-    if n * h * h < _COPY_WT_BELOW:
+    if n * h * h < COPY_WT_BELOW:
         return np.ascontiguousarray(W.T)
     return np.empty((0, 0), dtype=W.dtype)
 
