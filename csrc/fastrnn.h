@@ -25,6 +25,10 @@
 
 int fastrnn_set_blas(void *sgemm, void *dgemm);
 
+/* 1 where the backward recurrence multiplies by a contiguous copy of Wᵀ for n rows
+ * (n·h·h < copy_wt_below), 0 where it uses W transposed. */
+int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below);
+
 /* Hs (T+1, n, h): in Hs[0] = h0, out Hs[t] = H_t;  XU (T, n, h): scratch, out X_t U. */
 int rnn_forward_f32(float *Hs, float *XU, const float *U, const float *W, const float *b,
                     const float *X, const int64_t *ids, int T, int n, int d, int h);

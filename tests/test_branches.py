@@ -76,6 +76,21 @@ def test_cutoff_shapes_straddle_it():
     assert (N_AT - 1) * H_CUT * H_CUT < COPY_WT_BELOW <= N_AT * H_CUT * H_CUT
 
 
+def test_numba_copies_wt_below_the_cutoff_only():
+    nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+    W = np.arange(H_CUT * H_CUT, dtype=np.float64).reshape(H_CUT, H_CUT)
+    np.testing.assert_array_equal(nk._transposed_W(W, WT_SIDES["copy"]), W.T)
+    assert nk._transposed_W(W, WT_SIDES["view"]).size == 0
+
+
+def test_c_copies_wt_below_the_cutoff_only():
+    pytest.importorskip("fastrnn.backends.cffi_kernels")
+    from fastrnn._fastrnn_c import lib
+
+    assert lib.fastrnn_copy_wt(WT_SIDES["copy"], H_CUT, COPY_WT_BELOW) == 1
+    assert lib.fastrnn_copy_wt(WT_SIDES["view"], H_CUT, COPY_WT_BELOW) == 0
+
+
 @pytest.mark.parametrize("params_only", [False, True], ids=["full", "params_only"])
 @pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
 @pytest.mark.parametrize("side", WT_SIDES)
@@ -93,7 +108,7 @@ def _chunk_sizes(T, n):
     """The Numba params_only path's chunks, last first (as it walks them)."""
     from fastrnn.backends import numba_kernels as nk
 
-    steps = min(T, max(-(-T // nk._CHUNKS), -(-nk._MIN_CHUNK_ROWS // n)))
+    steps = nk._chunk_steps(T, n)
     sizes, t1 = [], T
     while t1 > 0:
         sizes.append(t1 - max(0, t1 - steps))
@@ -126,11 +141,12 @@ def test_params_only_chunks(fast_backend, chunking, ids):
 
 @pytest.mark.parametrize("v", [1, 3, 4, 8, 11])
 def test_softmax_partial_max(fast_backend, v):
-    # The max sits in each of the four partials in turn (and in the tail).
+    # The max sits in each of the four partials in turn (and in the tail), so
+    # far above the rest that exp overflows unless that very max is subtracted.
     U, W, V, b, c, inputs, targets, h0 = _problem(3, 5, 2, 4, v, ids=False)
     for k in range(v):
         c2 = c.copy()
-        c2[k] += 30.0  # column k holds every row's max
+        c2[k] += 1000.0  # column k holds every row's max
         scale = 1.0 / 15
         want = resolve("numpy").loss_and_grads(U, W, V, b, c2, inputs, targets, h0, scale)
         got = resolve(fast_backend).loss_and_grads(U, W, V, b, c2, inputs, targets, h0, scale)
@@ -149,5 +165,5 @@ def test_c_refuses_sizes_over_32_bits():
     ids = np.broadcast_to(np.zeros((), np.int64), (2**16, 2**15))
     with pytest.raises(ValueError, match="32-bit"):
         c_backend.forward(U, U, np.zeros(1), ids, np.zeros((2**15, 1)))
-    ids = np.broadcast_to(np.zeros((), np.int64), (2**16, 2**15 - 1))
-    assert c_backend._sizes(ids, U) == (2**16, 2**15 - 1, 1, 1)
+    ids = np.broadcast_to(np.zeros((), np.int64), (2**31 - 1, 1))  # exactly the largest int
+    assert c_backend._sizes(ids, U) == (2**31 - 1, 1, 1, 1)

@@ -445,6 +445,12 @@ _MIN_CHUNK_ROWS = 256
 
 
 @njit(**NUMBA_FLAGS)
+def _chunk_steps(T, n):
+    """Timesteps per chunk of the params_only path: ⌈T/8⌉, at least ⌈256/n⌉, at most T."""
+    return min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))
+
+
+@njit(**NUMBA_FLAGS)
 def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     """The training step without dX and dA: the same numbers, less memory.
 
@@ -458,7 +464,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     d, h = U.shape
     Hs, O, total, dV, dc = _forward_and_head(U, W, V, b, c, X, ids, targets, h0, scale)
 
-    steps = min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))
+    steps = _chunk_steps(T, n)
     G = np.empty((steps, n, h), dtype=U.dtype)
     carry = np.zeros((n, h), dtype=U.dtype)  # dA_{t+1} Wᵀ; 0 after the last step
     dW = np.zeros((h, h), dtype=U.dtype)
