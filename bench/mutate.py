@@ -85,7 +85,7 @@ MUTANTS = [
            "        if ids.size != 0:\n            np.dot(X[t0:t1]"),
     # ---- Numba: float64 sums (the new accumulators)
     Mutant("nb-acc-float32", NUMBA, "_ACC = np.float64", "_ACC = np.float32"),
-    Mutant("nb-chunk-acc-copy-flip", NUMBA, "    if ids.size:\n        dU[:] = dU_acc", "    if not ids.size:\n        dU[:] = dU_acc"),
+    Mutant("nb-chunk-acc-copy-flip", NUMBA, "    if ids.size:\n        dU = dU_acc", "    if not ids.size:\n        dU = dU_acc"),
     Mutant("nb-backward-ids-flip", NUMBA, "    if ids.size == 0:\n        dU = np.dot", "    if ids.size != 0:\n        dU = np.dot"),
     # ---- Numba: softmax row max over four partials
     Mutant("nb-max-loop-lt", NUMBA, "    while k + 4 <= v:\n", "    while k + 4 < v:\n",

@@ -469,7 +469,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     carry = np.zeros((n, h), dtype=U.dtype)  # dA_{t+1} Wᵀ; 0 after the last step
     dW = np.zeros((h, h), dtype=U.dtype)
     db = np.zeros(h, dtype=_ACC)
-    dU = np.zeros((d, h), dtype=U.dtype)  # dense inputs: BLAS products added per chunk
+    dU = np.zeros((0, 0) if ids.size else (d, h), dtype=U.dtype)  # dense inputs: BLAS products added per chunk
     dU_acc = np.zeros((d, h) if ids.size else (0, 0), dtype=_ACC)  # token ids: a float64 sum
     part_hh = np.empty((h, h), dtype=U.dtype)
     part_dh = np.empty((d, h), dtype=U.dtype)
@@ -491,7 +491,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
             _scatter_add_rows(dU_acc, ids[t0:t1], Gc)
         t1 = t0
     if ids.size:
-        dU[:] = dU_acc
+        dU = dU_acc.astype(U.dtype)
     return total, dU, dW, dV, db.astype(U.dtype), dc, carry, Hs[T].copy()
 
 
