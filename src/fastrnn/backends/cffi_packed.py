@@ -1,0 +1,135 @@
+"""C kernels of the general model on packed sequences (csrc/packed.inc; see :mod:`._packed`).
+
+The wrappers allocate the arrays and hand pointers to C with
+:mod:`.cffi_kernels`' ``_Args`` (which keeps them alive for the call); the
+kernels malloc only small scratch (a copy of Wᵀ, double accumulators).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import COPY_WT_BELOW
+from .._fastrnn_c import ffi, lib
+from . import _packed
+from .cffi_kernels import _ERRORS, _INT_MAX, _Args
+_FN = {
+    np.dtype(np.float32): (lib.packed_forward_f32, lib.packed_backward_f32, lib.packed_head_loss_f32,
+                           lib.packed_head_probs_f32),
+    np.dtype(np.float64): (lib.packed_forward_f64, lib.packed_backward_f64, lib.packed_head_loss_f64,
+                           lib.packed_head_probs_f64),
+}
+
+
+def _call(kernel, *args):
+    code = kernel(*args)
+    if code != 0:
+        raise RuntimeError(f"C backend: {_ERRORS.get(code, f'error {code}')}")
+
+
+def _check_size(*sizes):
+    if max(sizes) > _INT_MAX:
+        raise ValueError("the C backend's BLAS takes 32-bit sizes: this problem is too large for it")
+
+
+def _x(x):
+    if x.dtype.kind in "iu":
+        return None, np.ascontiguousarray(x, dtype=np.int64)
+    return x, None
+
+
+def _steps(bs, off):
+    return np.ascontiguousarray(bs, dtype=np.int64), np.ascontiguousarray(off, dtype=np.int64)
+
+
+def layer_forward(U, W, b, x, h0s, bs, off, reverse, relu):
+    dt = U.dtype
+    d, h = U.shape
+    n = h0s.shape[0]
+    N = int(off[-1])
+    _check_size(N * max(d, h), d * h)
+    X, ids = _x(x)
+    bs64, off64 = _steps(bs, off)
+    h0s = np.ascontiguousarray(h0s)
+    equal = bs[-1] == n  # nothing padded: H and Hprev share one buffer, h0 at its end
+    if equal:
+        Hs = np.empty((N + n, h), dt)
+        if reverse:
+            H, Hprev = Hs[:N], Hs[n:]
+            Hs[N:] = h0s
+        else:
+            H, Hprev = Hs[n:], Hs[:N]
+            Hs[:n] = h0s
+    else:
+        H, Hprev = np.empty((N, h), dt), np.empty((N, h), dt)
+    HW = np.empty((n, h), dt)
+    a = _Args(dt)
+    _call(_FN[dt][0], a.p(H), a.p(Hprev), a.p(HW), a.p(U), a.p(W), a.p(b), a.p(X),
+          a.p(ids), a.p(h0s), a.p(bs64), a.p(off64), len(bs), n, d, h, int(reverse), int(relu),
+          int(not equal))
+    return H, Hprev
+
+
+def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX):
+    dt = U.dtype
+    d, h = U.shape
+    n = carry.shape[0]
+    N = G.shape[0]
+    X, ids = _x(x)
+    bs64, off64 = _steps(bs, off)
+    dU, dW, db = np.empty_like(U), np.empty_like(W), np.empty(h, dt)
+    dX = np.empty((N, d), dt) if (ids is None and want_dX) else None
+    a = _Args(dt)
+    _call(_FN[dt][1], a.p(dU), a.p(dW), a.p(db), a.p(dX), a.p(G), a.p(carry), a.p(H),
+          a.p(Hprev), a.p(U), a.p(W), a.p(X), a.p(ids), a.p(bs64), a.p(off64),
+          len(bs), n, d, h, int(reverse), int(relu), COPY_WT_BELOW)
+    return dU, dW, db, dX
+
+
+def head_loss(tops, V, c, y, scale):
+    dt = V.dtype
+    H1, H2 = tops[0], (tops[1] if len(tops) == 2 else None)
+    N, h1 = H1.shape
+    h2 = 0 if H2 is None else H2.shape[1]
+    v = V.shape[1]
+    _check_size(N * max(h1 + h2, v), (h1 + h2) * v)
+    y64 = np.ascontiguousarray(y, dtype=np.int64)
+    dV, dc, O = np.empty_like(V), np.empty(v, dt), np.empty((N, v), dt)
+    dH1 = np.empty((N, h1), dt)
+    dH2 = None if H2 is None else np.empty((N, h2), dt)
+    loss = ffi.new("double *")
+    a = _Args(dt)
+    _call(_FN[dt][2], loss, a.p(dV), a.p(dc), a.p(dH1), a.p(dH2), a.p(O), a.p(H1), a.p(H2), a.p(V),
+          a.p(c), a.p(y64), dt.type(scale), N, h1, h2, v)
+    return loss[0], dV, dc, [dH1] if H2 is None else [dH1, dH2]
+
+
+def head_probs(tops, V, c):
+    dt = V.dtype
+    H1, H2 = tops[0], (tops[1] if len(tops) == 2 else None)
+    N, h1 = H1.shape
+    h2 = 0 if H2 is None else H2.shape[1]
+    v = V.shape[1]
+    P = np.empty((N, v), dt)
+    a = _Args(dt)
+    _call(_FN[dt][3], a.p(P), a.p(H1), a.p(H2), a.p(V), a.p(c), N, h1, h2, v)
+    return P
+
+
+KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
+
+
+def deep_loss_and_grads(*args, **kw):
+    return _packed.deep_loss_and_grads(KERNELS, *args, **kw)
+
+
+def deep_probs(*args):
+    return _packed.deep_probs(KERNELS, *args)
+
+
+def deep_forward(*args):
+    return _packed.deep_forward(KERNELS, *args)
+
+
+def deep_backward(*args, **kw):
+    return _packed.deep_backward(KERNELS, *args, **kw)
