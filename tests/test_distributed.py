@@ -1,0 +1,82 @@
+"""Data-parallel training over MPI: K ranks equal one process on the global batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastrnn import distributed as dist
+
+HERE = Path(__file__).parent
+
+
+def test_split_streams_covers_the_batch_once():
+    for n, size in [(5, 2), (4, 2), (7, 3), (3, 3), (64, 8)]:
+        parts = [dist.split_streams(n, size, r) for r in range(size)]
+        assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]]
+        assert parts[-1].stop == n
+        lengths = [p.stop - p.start for p in parts]
+        assert max(lengths) - min(lengths) <= 1 and min(lengths) >= 1
+
+
+@pytest.mark.parametrize("n, size, rank", [(1, 2, 0), (4, 2, 2), (4, 0, 0), (4, 2, -1)])
+def test_split_streams_refuses(n, size, rank):
+    with pytest.raises(ValueError, match="batch must be|rank must be"):
+        dist.split_streams(n, size, rank)
+
+
+def test_launched_by_mpi_reads_the_launchers_variables(monkeypatch):
+    for name in dist._SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not dist.launched_by_mpi()
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert not dist.launched_by_mpi()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert dist.launched_by_mpi()
+
+
+def test_reducer_refuses_a_bad_weight():
+    for weight in (0.0, -1.0, float("nan"), 1):
+        with pytest.raises(ValueError, match="weight"):
+            dist.Reducer(None, weight=weight)
+
+
+def _mpiexec():
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        exe = None
+    if exe is None:
+        if os.environ.get("FASTRNN_REQUIRE_MPI"):
+            pytest.fail("FASTRNN_REQUIRE_MPI is set but mpi4py/mpiexec are missing")
+        pytest.skip('needs mpi4py and mpiexec: pip install "fastrnn[mpi]"')
+    return exe
+
+
+def run_ranks(case, k=2, timeout=120):
+    proc = subprocess.run(
+        [_mpiexec(), "-n", str(k), sys.executable, str(HERE / "mpi_cases.py"), case],
+        capture_output=True, text=True, timeout=timeout, cwd=HERE,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ok")]
+    assert len(lines) == k, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("case", ["reduce_f64", "reduce_f32"])
+def test_two_ranks_equal_one_process(case):
+    run_ranks(case)
+
+
+def test_a_failing_rank_stops_every_rank_with_its_message():
+    out = run_ranks("failing_rank")
+    assert out.count("rank 1: ValueError") == 2
+
+
+def test_ranks_out_of_sync_are_detected():
+    run_ranks("out_of_sync")
