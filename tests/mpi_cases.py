@@ -75,5 +75,96 @@ CASES = {
     "out_of_sync": out_of_sync,
 }
 
+
+def _trainer(dtype, comm, **kw):
+    from fastrnn.data import Vocab
+
+    text = "the quick brown fox jumps over the lazy dog; " * 20
+    vocab = Vocab.from_text(text)
+    model = fastrnn.CharRNN(vocab, 12, dtype=dtype, seed=5)
+    return fastrnn.Trainer(model, vocab.encode(text), seq_len=8, batch=5, optimizer="adam", lr=3e-3,
+                           clip_norm=1.0, comm=comm, **kw)
+
+
+def train_equals_one_process(dtype):
+    comm = dist.world()
+    one = _trainer(dtype, None)
+    many = _trainer(dtype, comm, sync_every=10)
+    one.run(50, progress=False)
+    many.run(50, progress=False)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    errs = [rel_err(many.history.loss, np.array(one.history.loss))]
+    errs += [rel_err(a, b) for a, b in zip(many.model.params, one.model.params)]
+    errs.append(rel_err(many.h, one.h))
+    assert max(errs) <= tol, errs
+    dist.check_in_sync(many.model.params, comm)  # bit-identical on every rank
+    print(f"ok rank {comm.rank} max err {max(errs):.2e}")
+
+
+def resume_is_bit_exact(folder):
+    import os
+
+    comm = dist.world()
+    path = os.path.join(folder, "dp.npz")
+    straight = _trainer(np.float64, comm)
+    straight.run(20, progress=False)
+    first = _trainer(np.float64, comm)
+    first.run(10, progress=False, checkpoint=path)
+    comm.Barrier()  # rank 0 wrote the file that every rank reads
+    ids = first.train_ids
+    again = fastrnn.Trainer.resume(path, ids, comm=comm)
+    assert again.resplit_from is None and again.step_count == 10
+    again.run(10, progress=False)
+    for a, b in zip(again.model.params, straight.model.params):
+        assert np.array_equal(a, b)
+    assert np.array_equal(again.h, straight.h)
+    assert again.history.loss == straight.history.loss
+    if comm.rank == 0:  # one process continues the 2-rank checkpoint: the streams are re-split
+        alone = fastrnn.Trainer.resume(path, ids)
+        assert alone.resplit_from == comm.size
+        alone.run(10, progress=False)
+        assert max(rel_err(a, b) for a, b in zip(alone.model.params, straight.model.params)) <= 1e-12
+    print(f"ok rank {comm.rank}")
+
+
+def trainer_rank_fails(how):
+    import os
+
+    comm = dist.world()
+    tr = _trainer(np.float64, comm)
+    real = tr._loss_and_grads
+
+    def broken(x, y, h0):
+        if comm.rank == 1 and tr.step_count == 3:
+            if how == "raise":
+                raise ValueError("bad batch on purpose")
+            if how == "crash":
+                os._exit(3)
+            loss, g, h = real(x, y, h0)
+            return float("nan"), g, h
+        return real(x, y, h0)
+
+    tr._loss_and_grads = broken
+    try:
+        tr.run(10, progress=False)
+    except dist.DistributedError as exc:
+        assert how == "raise" and "rank 1: ValueError: bad batch on purpose" in str(exc), exc
+    except fastrnn.TrainingDiverged as exc:
+        assert how == "nan" and "step 4" in str(exc), exc
+    else:
+        raise AssertionError("training went on")
+    assert tr.step_count == 3
+    print(f"ok rank {comm.rank}")
+
+
+CASES.update({
+    "train_f64": lambda: train_equals_one_process(np.float64),
+    "train_f32": lambda: train_equals_one_process(np.float32),
+    "resume": lambda: resume_is_bit_exact(sys.argv[2]),
+    "rank_raises": lambda: trainer_rank_fails("raise"),
+    "rank_nan": lambda: trainer_rank_fails("nan"),
+    "rank_crashes": lambda: trainer_rank_fails("crash"),
+})
+
 if __name__ == "__main__":
     CASES[sys.argv[1]]()

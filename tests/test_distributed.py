@@ -57,14 +57,15 @@ def _mpiexec():
     return exe
 
 
-def run_ranks(case, k=2, timeout=120):
+def run_ranks(case, *args, k=2, timeout=180, rc=0):
     proc = subprocess.run(
-        [_mpiexec(), "-n", str(k), sys.executable, str(HERE / "mpi_cases.py"), case],
+        [_mpiexec(), "-n", str(k), sys.executable, str(HERE / "mpi_cases.py"), case, *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=HERE,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("ok")]
-    assert len(lines) == k, proc.stdout + proc.stderr
+    if rc is None:
+        return proc
+    assert proc.returncode == rc, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok rank") == k, proc.stdout + proc.stderr  # ranks' lines may interleave
     return proc.stdout
 
 
@@ -80,3 +81,50 @@ def test_a_failing_rank_stops_every_rank_with_its_message():
 
 def test_ranks_out_of_sync_are_detected():
     run_ranks("out_of_sync")
+
+
+@pytest.mark.parametrize("case", ["train_f64", "train_f32"])
+def test_fifty_steps_on_two_ranks_equal_one_process(case):
+    run_ranks(case)
+
+
+def test_resume_on_two_ranks_is_bit_exact_and_one_process_resplits(tmp_path):
+    run_ranks("resume", tmp_path)
+
+
+@pytest.mark.parametrize("case", ["rank_raises", "rank_nan"])
+def test_a_failing_rank_stops_every_rank_at_the_same_step(case):
+    run_ranks(case)
+
+
+def test_a_crashing_rank_ends_the_job_in_bounded_time():
+    proc = run_ranks("rank_crashes", rc=None, timeout=120)  # a hang would time out here
+    assert proc.returncode != 0
+
+
+def _cli(tmp_path, *args, timeout=240):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 40)
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "fastrnn", "train", str(corpus), "--hidden", "16",
+           "--batch", "4", "--seq-len", "8", "--quiet", "--sample-length", "20", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+def test_mpiexec_fastrnn_train_writes_one_checkpoint_and_prints_once(tmp_path):
+    out = tmp_path / "m.npz"
+    proc = _cli(tmp_path, "--steps", "30", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("data-parallel over 2 MPI ranks") == 1, proc.stdout
+    assert proc.stdout.count("checkpoint written") == 1
+    assert out.exists() and not list(tmp_path.glob("*.tmp"))
+    again = _cli(tmp_path, "--steps", "10", "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout and "from step 30" in again.stdout and "split anew" not in again.stdout
+
+
+def test_mpiexec_refusal_on_every_rank_ends_the_job(tmp_path):
+    out = tmp_path / "m.npz"
+    out.write_bytes(b"x")
+    proc = _cli(tmp_path, "--steps", "5", "--out", str(out), timeout=120)
+    assert proc.returncode != 0
+    assert "pass --resume" in proc.stderr

@@ -109,9 +109,13 @@ class Reducer:
     in one in-place ``Allreduce`` of one contiguous buffer per step.
 
     ``weight`` scales this rank's contribution before the sum: n_r / N for the
-    'mean' loss, 1 for 'sum'. A rank that failed calls :meth:`fail` instead of
-    :meth:`reduce`; then every rank raises :class:`DistributedError` naming it,
-    rather than the others waiting for it forever.
+    'mean' loss, 1 for 'sum'. The same buffer can carry the hidden state of
+    the whole batch (each rank fills its own rows, the others are zero, so the
+    sum assembles it exactly on every rank) and a stop request (any rank's
+    Ctrl-C stops every rank after the same step). A rank that failed calls
+    :meth:`fail` instead of :meth:`reduce`; then every rank raises
+    :class:`DistributedError` naming it, rather than the others waiting for it
+    forever.
     """
 
     def __init__(self, comm, *, weight=1.0):
@@ -119,38 +123,50 @@ class Reducer:
             raise ValueError(f"weight must be a positive finite float, got {weight!r}")
         self.comm = comm
         self.weight = weight
-        self._buf = None
-        self._views = None
+        self._key = None
 
-    def _layout(self, grads):
+    def _layout(self, grads, state_shape=None):
         shapes = tuple(getattr(grads, name).shape for name in _GRAD_NAMES)
+        if state_shape is not None:
+            shapes += (tuple(state_shape),)
         dtype = grads.U.dtype
-        if self._buf is None or self._buf.dtype != dtype or self._shapes != shapes:
+        if self._key != (dtype, shapes):
             sizes = [int(np.prod(s)) for s in shapes]
-            self._buf = np.empty(sum(sizes) + 2, dtype=dtype)  # + loss, + failure count
+            self._buf = np.empty(sum(sizes) + 3, dtype=dtype)  # + loss, stop requests, failures
             offsets = np.cumsum([0] + sizes)
             self._views = [self._buf[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
-            self._shapes = shapes
+            self._key = (dtype, shapes)
         return self._buf, self._views
 
-    def reduce(self, grads, loss):
-        """Sum ``weight``·(grads, loss) over the ranks, into ``grads`` in place;
-        returns the global loss. ``grads`` needs U, W, V, b, c; h0 and the
-        per-step tensors stay per rank."""
-        buf, views = self._layout(grads)
+    def reduce(self, grads, loss, *, state=None, rows=None, batch=None, stop=False):
+        """Sum ``weight``·(grads, loss) over the ranks, into ``grads`` in place.
+
+        Returns the global loss; with ``state`` (this rank's hidden state),
+        ``rows`` (its slice of the batch) and ``batch`` (the whole batch's
+        size) it returns ``(loss, state of the whole batch, stop)``, where
+        ``stop`` is True when any rank asked to stop. ``grads`` needs U, W, V,
+        b, c; h0 and the per-step tensors stay per rank.
+        """
+        buf, views = self._layout(grads, None if state is None else (batch,) + state.shape[1:])
         for view, name in zip(views, _GRAD_NAMES):
             np.multiply(getattr(grads, name), self.weight, out=view)
-        buf[-2] = loss * self.weight
+        if state is not None:
+            views[-1][...] = 0
+            views[-1][rows] = state
+        buf[-3] = loss * self.weight
+        buf[-2] = 1 if stop else 0
         buf[-1] = 0
         total = self._allreduce(buf)
         for view, name in zip(views, _GRAD_NAMES):
             getattr(grads, name)[...] = view
-        return total
+        if state is None:
+            return total
+        return total, views[-1].copy(), bool(buf[-2] != 0)
 
-    def fail(self, exc, like):
+    def fail(self, exc, like, state_shape=None):
         """Take part in the step's reduction as a failed rank (``like``: any
         gradients of the right shapes, e.g. the parameters); always raises."""
-        buf, _ = self._layout(like)
+        buf, _ = self._layout(like, state_shape)
         buf[:] = 0
         buf[-1] = 1
         self._allreduce(buf, error=exc)
@@ -164,7 +180,7 @@ class Reducer:
             reports = self.comm.allgather(why)
             failed = [f"rank {r}: {msg}" for r, msg in enumerate(reports) if msg is not None]
             raise DistributedError("training stopped on every rank because " + "; ".join(failed)) from error
-        return float(buf[-2])
+        return float(buf[-3])
 
 
 def allreduce_grads(grads, comm, *, weight=1.0):
