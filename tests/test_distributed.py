@@ -128,3 +128,16 @@ def test_mpiexec_refusal_on_every_rank_ends_the_job(tmp_path):
     proc = _cli(tmp_path, "--steps", "5", "--out", str(out), timeout=120)
     assert proc.returncode != 0
     assert "pass --resume" in proc.stderr
+
+
+def test_import_fastrnn_imports_no_framework_and_no_mpi():
+    from cases import run_python
+
+    proc = run_python(
+        "import sys, fastrnn, fastrnn.cli, fastrnn.train, fastrnn.distributed\n"
+        "fastrnn.cli.build_parser()\n"
+        "bad = sorted(m for m in ('torch', 'jax', 'flax', 'keras', 'mpi4py', 'tensorflow') if m in sys.modules)\n"
+        "print('imported:', bad)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: []" in proc.stdout, proc.stdout
