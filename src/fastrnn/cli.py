@@ -150,7 +150,9 @@ def _check_output(flag, path):
 
 def _resume_command(args):
     corpus = f" {args.corpus}" if args.corpus else ""
-    return f"fastrnn train{corpus} --out {args.out} --resume"
+    comm = getattr(args, "comm", None)
+    launcher = f"mpiexec -n {comm.Get_size()} " if comm is not None else ""
+    return f"{launcher}fastrnn train{corpus} --out {args.out} --resume"
 
 
 def cmd_train(args):
@@ -181,20 +183,25 @@ def cmd_train(args):
     n_val = int(len(ids) * args.val_fraction)
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     backend = args.backend or get_backend()
+    comm = getattr(args, "comm", None)
     if args.resume:
-        trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend)
+        trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend, comm=comm)
         model = trainer.model
         if model.vocab != vocab:
             raise UsageError(f"{args.out}: was trained on a corpus with another vocabulary")
         _refuse_conflicts(args, trainer)
         print(f"fastrnn: resuming {args.out} from step {trainer.step_count}")
+        if trainer.resplit_from is not None:
+            print(f"fastrnn: note: {args.out} was written by {trainer.resplit_from} process(es) and this run has "
+                  f"{1 if comm is None else comm.Get_size()}: the {trainer.batch} streams are split anew, so the "
+                  "run continues the same training but is not bit-identical to one that never stopped")
     else:
         given = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
         cfg = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
         model = CharRNN(vocab, cfg["hidden"], dtype=cfg["dtype"], seed=args.seed, backend=backend)
         trainer = Trainer(
             model, train_ids, seq_len=cfg["seq_len"], batch=cfg["batch"], optimizer=cfg["optimizer"], lr=args.lr,
-            clip=None if args.clip_norm else cfg["clip"], clip_norm=args.clip_norm, val_ids=val_ids,
+            clip=None if args.clip_norm else cfg["clip"], clip_norm=args.clip_norm, val_ids=val_ids, comm=comm,
         )
         if out_exists:
             print(f"fastrnn: --force: {args.out} will be replaced")
@@ -205,6 +212,9 @@ def cmd_train(args):
         f"{trainer.optimizer_name} lr={trainer.optimizer.lr:g}"
     )
     print(f"fastrnn: ln(vocabulary) = {baseline:.3f} nats/char is the loss of a model that learned nothing")
+    if comm is not None:
+        print(f"fastrnn: data-parallel over {comm.Get_size()} MPI ranks, "
+              f"{trainer._rows.stop - trainer._rows.start} to {-(-trainer.batch // comm.Get_size())} streams each")
     first = trainer.step_count
     t0 = time.perf_counter()
     try:
@@ -214,7 +224,8 @@ def cmd_train(args):
         )
     except TrainingInterrupted as exc:
         resume = f"; resume with: {_resume_command(args)}" if exc.checkpoint else ""
-        print(f"fastrnn: {exc}{resume}", file=sys.stderr)
+        if trainer.is_root:
+            print(f"fastrnn: {exc}{resume}", file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - t0
     done = trainer.step_count - first
@@ -226,6 +237,8 @@ def cmd_train(args):
         line += f", validation {history.val_loss[-1]:.3f} (perplexity {np.exp(history.val_loss[-1]):.2f})"
     print(line)
     print(f"fastrnn: checkpoint written to {args.out}")
+    if not trainer.is_root:
+        return 0  # rank 0 reports, plots and samples
     if args.plot:
         _plot(history, baseline, args.plot)
         print(f"fastrnn: loss curve written to {args.plot}")
@@ -332,31 +345,85 @@ def cmd_bench(args):
 
 
 def main(argv=None):
+    from . import distributed
+
+    if distributed.launched_by_mpi():
+        return _main_on_every_rank(argv)
+    return _main(argv)
+
+
+def _main_on_every_rank(argv):
+    """``mpiexec -n K fastrnn train ...``: every rank runs the command with the
+    world communicator; rank 0 alone prints. An error that one rank meets alone
+    would leave the others waiting in the next collective, so any failure other
+    than the trainer's own (which every rank raises together) aborts the job."""
+    import contextlib
+    import os
+
+    from . import distributed
+
+    comm = distributed.world()
+    rank = comm.Get_rank()
+    quiet = open(os.devnull, "w") if rank else None
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            rc = _main(argv, comm=comm)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), the same on every rank
+        if exc.code not in (0, None):
+            comm.Abort(2)
+        raise
+    except BaseException:
+        import traceback
+
+        print(f"fastrnn: rank {rank} failed:", file=sys.stderr)
+        traceback.print_exc()
+        comm.Abort(1)
+        raise
+    if rc not in (0, 130) and not _collective_failure[0]:
+        comm.Abort(rc)  # the others may be waiting for this rank: end them too
+    return rc
+
+
+#: Set when the command ended with an error that every rank raised together.
+_collective_failure = [False]
+
+
+def _main(argv=None, comm=None, stderr=None):
     from .checkpoint import CheckpointError
+    from .distributed import DistributedError
     from .train import TrainingDiverged
 
+    stderr = stderr or sys.stderr
+    rank = 0 if comm is None else comm.Get_rank()
+    who = f" (rank {rank})" if rank else ""
     args = build_parser().parse_args(argv)
+    args.comm = comm
     command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends, "bench": cmd_bench}[args.command]
     try:
         return command(args)
+    except (DistributedError, TrainingDiverged) as exc:  # raised by every rank alike
+        _collective_failure[0] = comm is not None
+        if rank == 0:
+            print(f"fastrnn: error: {exc}", file=stderr)
+        return 2
     except (UsageError, CheckpointError, TrainingDiverged, ValueError, TypeError, RuntimeError) as exc:
-        print(f"fastrnn: error: {exc}", file=sys.stderr)
+        print(f"fastrnn{who}: error: {exc}", file=stderr)
         return 2
     except MemoryError as exc:
         detail = f" ({exc})" if str(exc) else ""
-        print(f"fastrnn: error: out of memory{detail}; try a smaller --hidden, --batch or --seq-len", file=sys.stderr)
+        print(f"fastrnn{who}: error: out of memory{detail}; try a smaller --hidden, --batch or --seq-len", file=stderr)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fastrnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"fastrnn{who}: error: {where}{exc.strerror or exc}", file=stderr)
         return 2
     except KeyboardInterrupt:
-        print("fastrnn: interrupted", file=sys.stderr)
+        print(f"fastrnn{who}: interrupted", file=stderr)
         return 130
     except SystemError as exc:  # a Ctrl-C that landed inside a compiled kernel
         if not isinstance(exc.__context__, KeyboardInterrupt):
             raise
-        print("fastrnn: interrupted", file=sys.stderr)
+        print(f"fastrnn{who}: interrupted", file=stderr)
         return 130
 
 
