@@ -16,3 +16,11 @@ REQUESTED_BACKEND = os.environ.get(BACKEND_ENV, "").strip().lower() or None
 #: Nothing that assumes away NaN/inf or approximates a division; the one sum
 #: that may be reordered (a softmax row's) says so where it is defined.
 NUMBA_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+
+#: Environment variable fixing the BLAS threads of fastrnn's calls: a positive
+#: integer, or "auto" (the default: every core the process may use while the
+#: machine is otherwise idle, one thread while other work keeps it busy).
+THREADS_ENV = "FASTRNN_NUM_THREADS"
+
+#: The thread setting the environment asks for, or None. Read once, at import.
+REQUESTED_THREADS = os.environ.get(THREADS_ENV, "").strip().lower() or None

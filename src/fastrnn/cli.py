@@ -36,6 +36,36 @@ def _positive_float(text):
     return value
 
 
+def _threads_arg(text):
+    from ._threads import check
+
+    try:
+        return check(text, "--threads") or "auto"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _say_when_compiling():
+    """Print one line when Numba starts compiling (a cold cache), so a long first step is explained."""
+    from numba.core import event
+
+    class Listener(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                print("fastrnn: compiling the Numba kernels for this machine "
+                      "(once; later runs load them from the cache)...", flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    listener = Listener()
+    event.register("numba:compile", listener)
+    return listener
+
+
 def build_parser():
     from .backends import BACKEND_ORDER
     from .optim import OPTIMIZERS
@@ -55,6 +85,8 @@ def build_parser():
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip by global norm instead")
     t.add_argument("--backend", choices=BACKEND_ORDER, default=None)
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--threads", type=_threads_arg, default=None, metavar="K",
+                   help="BLAS threads, a positive integer or 'auto' (default: $FASTRNN_NUM_THREADS, else auto)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.05, help="held-out tail for validation (default 0.05)")
     t.add_argument("--out", default="model.npz", help="checkpoint path (default model.npz)")
@@ -72,6 +104,7 @@ def build_parser():
     s.add_argument("--prime", default="")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--backend", choices=BACKEND_ORDER, default=None)
+    s.add_argument("--threads", type=_threads_arg, default=None, metavar="K", help="BLAS threads (as for train)")
 
     sub.add_parser("backends", help="list the backends available here, default first")
     return parser
@@ -96,7 +129,7 @@ def _read_corpus(path):
 
 
 def cmd_train(args):
-    from . import CharRNN, get_backend
+    from . import CharRNN, get_backend, set_num_threads
     from .data import Vocab
     from .train import Trainer
 
@@ -113,6 +146,10 @@ def cmd_train(args):
     n_val = int(len(ids) * args.val_fraction)
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     backend = args.backend or get_backend()
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    if backend == "numba":
+        _say_when_compiling()
     if args.resume:
         trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend)
         model = trainer.model
@@ -179,7 +216,11 @@ def _plot(history, unigram, path):
 
 
 def cmd_sample(args):
+    from . import set_num_threads
     from .model import CharRNN
+
+    if args.threads is not None:
+        set_num_threads(args.threads)
 
     model = CharRNN.load(args.model, backend=args.backend)
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim
+from . import _threads, optim
 from .api import predict_proba
 from .data import Batcher
 from .model import CheckpointError, load_checkpoint, save_checkpoint
@@ -65,11 +65,14 @@ class Trainer:
     computes the mean loss and gradients, clips them (``clip`` by value, or
     ``clip_norm`` by global norm) and lets the optimizer update the parameters
     in place.
+
+    ``threads`` fixes the BLAS threads of this trainer's steps (a positive
+    integer); None follows :func:`fastrnn.set_num_threads` (default: auto).
     """
 
     def __init__(
         self, model, train_ids, *, seq_len=50, batch=32, optimizer="adam", lr=None,
-        clip=5.0, clip_norm=None, val_ids=None, optimizer_args=None,
+        clip=5.0, clip_norm=None, val_ids=None, optimizer_args=None, threads=None,
     ):
         if optimizer not in optim.OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
@@ -83,6 +86,7 @@ class Trainer:
         if lr is not None:
             kwargs["lr"] = lr
         self.optimizer_name = optimizer
+        self.threads = _threads.check(threads)  # None: the global setting
         self.optimizer = _make_optimizer(optimizer, model.params, kwargs)
         self.h = model.zero_state(batch)
         self.step_count = 0
@@ -94,7 +98,8 @@ class Trainer:
         x, y, reset = self.batcher.next()
         if reset:
             self.h[...] = 0  # the streams start over: no state to carry
-        loss, grads, h_last = self.model.loss_and_grads(x, y, h0=self.h)
+        with _threads.using(self.threads):
+            loss, grads, h_last = self.model.loss_and_grads(x, y, h0=self.h)
         self.step_count += 1
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the loss became {loss} at step {self.step_count}")
@@ -148,7 +153,8 @@ class Trainer:
         return self.history
 
     def validate(self):
-        loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
+        with _threads.using(self.threads):
+            loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
         self.history.val_steps.append(self.step_count)
         self.history.val_loss.append(loss)
         return loss
@@ -170,7 +176,7 @@ class Trainer:
         save_checkpoint(path, self.model, optimizer=self.optimizer, rng=rng, state=state, meta=meta)
 
     @classmethod
-    def resume(cls, path, train_ids, *, val_ids=None, backend=None):
+    def resume(cls, path, train_ids, *, val_ids=None, backend=None, threads=None):
         """Continue from a checkpoint written by :meth:`save`, on the same tokens.
         The continued run is bit-identical to one that never stopped."""
         model, extras = load_checkpoint(path, backend=backend)
@@ -179,7 +185,7 @@ class Trainer:
             trainer = cls(
                 model, train_ids, seq_len=meta["seq_len"], batch=meta["batch"], optimizer=meta["optimizer"],
                 clip=meta["clip"], clip_norm=meta["clip_norm"], val_ids=val_ids,
-                optimizer_args=extras["optimizer_args"],
+                optimizer_args=extras["optimizer_args"], threads=threads,
             )
             if meta["corpus"] != corpus_fingerprint(trainer.train_ids):
                 raise CheckpointError(f"{path}: was trained on another corpus ({meta['corpus']['tokens']} tokens)")
