@@ -192,13 +192,13 @@ def test_trainer_threads(monkeypatch):
         fastrnn.Trainer(model, vocab.encode("abcdefgh" * 20), seq_len=5, batch=2, threads=0)
     trainer = fastrnn.Trainer(model, vocab.encode("abcdefgh" * 20), seq_len=5, batch=2, threads=1)
     seen = []
-    real = model.loss_and_grads
+    real = fastrnn.api._step_loss_and_grads
 
     def spy(*args, **kwargs):
         seen.append(_threads.current())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "loss_and_grads", spy)
+    monkeypatch.setattr(fastrnn.api, "_step_loss_and_grads", spy)
     fastrnn.set_num_threads(2)
     trainer.run(3, progress=False)
     assert seen == [1, 1, 1]

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _threads, optim
+from . import _threads, api, optim
 from .api import predict_proba
 from .data import Batcher
-from .model import CheckpointError, load_checkpoint, save_checkpoint
+from .model import CharRNN, CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "TrainingDiverged", "History", "evaluate"]
 
@@ -87,6 +87,7 @@ class Trainer:
             kwargs["lr"] = lr
         self.optimizer_name = optimizer
         self.threads = _threads.check(threads)  # None: the global setting
+        self._seen_params = self._checked = None
         self.optimizer = _make_optimizer(optimizer, model.params, kwargs)
         self.h = model.zero_state(batch)
         self.step_count = 0
@@ -99,7 +100,11 @@ class Trainer:
         if reset:
             self.h[...] = 0  # the streams start over: no state to carry
         with _threads.using(self.threads):
-            loss, grads, h_last = self.model.loss_and_grads(x, y, h0=self.h)
+            params = self._trusted_params()
+            if params is None:
+                loss, grads, h_last = self.model.loss_and_grads(x, y, h0=self.h)
+            else:  # parameters checked once; only the batch is checked per step
+                loss, grads, h_last = api._step_loss_and_grads(params, x, y, self.h, self.model.backend)
         self.step_count += 1
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the loss became {loss} at step {self.step_count}")
@@ -114,6 +119,17 @@ class Trainer:
         self.history.loss.append(loss)
         self.history.smooth_loss.append(self.smooth)
         return loss
+
+    def _trusted_params(self):
+        """The model's parameters, checked when first seen (again if they are
+        replaced); None when checking copied them, so that each step must check,
+        or when the model's own ``loss_and_grads`` was replaced (it is called then)."""
+        if "loss_and_grads" in vars(self.model) or type(self.model).loss_and_grads is not CharRNN.loss_and_grads:
+            return None
+        if self.model.params is not self._seen_params:
+            p, same = api._checked_params(self.model.params)
+            self._seen_params, self._checked = self.model.params, (p if same else None)
+        return self._checked
 
     # -- the loop ----------------------------------------------------------
     def run(self, steps, *, progress=True, eval_every=None, checkpoint=None, checkpoint_every=None, callbacks=()):
