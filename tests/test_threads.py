@@ -250,3 +250,50 @@ def test_cli_says_once_that_numba_compiles(capsys):
     finally:
         event.unregister("numba:compile", listener)
     assert capsys.readouterr().out.count("fastrnn: compiling the Numba kernels") == 1
+
+
+# -- a large step split over the cores by blocks of rows (backends/_parallel) --------
+
+_parallel = importlib.import_module("fastrnn.backends._parallel")
+
+
+def test_which_steps_are_split():
+    # medium (T, n, d, h, v) = (100, 64, 256, 256, 256) and large split on 2 cores; small, char32, char do not
+    assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=2) == 2
+    assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=2) == 2
+    assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=16) == 8  # 16 rows per block at least
+    assert _parallel.blocks(50, 32, 64, 128, 64, ncpu=2) == 1
+    assert _parallel.blocks(25, 32, 0, 100, 65, ncpu=2) == 1
+    assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=1) == 1
+    assert _parallel.blocks(1000, 16, 256, 256, 256, ncpu=2) == 1  # too few rows to halve
+
+
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("params_only", [False, True])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_split_steps_agree_with_the_reference_and_with_any_thread_count(monkeypatch, backend, params_only, ids):
+    from cases import rel_err
+
+    monkeypatch.setattr(_parallel, "SPLIT_ABOVE", 0)
+    monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
+    monkeypatch.setattr(_threads, "NCPU", 3)  # 7 rows -> blocks of 2, 2 and 3 rows
+    params, x, y, h0 = _batch(T=5, n=7, d=6, h=9, v=4, seed=4)
+    if ids:
+        x = np.random.default_rng(1).integers(0, 6, (5, 7))
+    assert _parallel.blocks(5, 7, 0 if ids else 6, 9, 4) == 3
+    want = fastrnn.loss_and_grads(params, x, y, h0=h0, params_only=params_only, backend="numpy")
+    runs = []
+    for k in (1, 2, 3):
+        fastrnn.set_num_threads(k)
+        runs.append(fastrnn.loss_and_grads(params, x, y, h0=h0, params_only=params_only, backend=backend))
+    loss, g, h_last = runs[0]
+    assert abs(loss - want[0]) <= 1e-12 * abs(want[0])
+    for a, e in zip(g, want[1]):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert rel_err(a, e) < 1e-12
+    assert rel_err(h_last, want[2]) < 1e-12
+    for other in runs[1:]:
+        assert other[0] == loss and np.array_equal(other[2], h_last)
+        for a, e in zip(other[1], g):
+            assert (a is None and e is None) or np.array_equal(a, e)

@@ -257,6 +257,20 @@ def _auto_threads():
     return _auto
 
 
+@contextmanager
+def blas(k):
+    """Within the block SciPy's OpenBLAS uses ``k`` threads; the count before comes back after."""
+    before = blas_threads()
+    if before is None or before == k:
+        yield
+        return
+    _blas_set(k)
+    try:
+        yield
+    finally:
+        _blas_set(before)
+
+
 def call(fn, *args):
     """``fn(*args)`` with SciPy's OpenBLAS set to :func:`current` threads, then put back.
 

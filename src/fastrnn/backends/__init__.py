@@ -18,6 +18,7 @@ import functools
 import importlib
 
 from .. import _threads
+from . import _parallel
 from .._config import BACKEND_ENV, BACKEND_ORDER, REQUESTED_BACKEND
 
 _MODULES = {
@@ -113,8 +114,13 @@ class _Scoped:
 
     def __init__(self, module):
         self.module = module
-        for kernel in ("loss_and_grads", "forward", "backward", "probs"):
+        for kernel in ("forward", "backward", "probs"):
             setattr(self, kernel, functools.partial(_threads.call, getattr(module, kernel)))
+        # a large training step is split over the cores by blocks of rows (_parallel)
+        split = module.__name__ != _MODULES["numpy"]
+        self.loss_and_grads = functools.partial(
+            _parallel.loss_and_grads if split else _threads.call, module.loss_and_grads
+        )
 
     def __getattr__(self, name):
         return getattr(self.module, name)
