@@ -18,6 +18,12 @@ Peers, all on the same weights and data, timed in this one process:
 * every fastrnn backend, with ``params_only=True`` (parameter gradients only,
   as torch and jax compute them here; no dL/dX or dL/dA).
 
+Before any timing, each peer that computes a step (all but the GEMM floors,
+which compute no gradient) runs once on the configuration's data and its loss
+and U, W, V, b, c gradients are compared with the numpy reference (relative
+1e-4 in float32, 1e-10 in float64); a peer that disagrees is not timed, is
+listed, and the script exits with status 1.
+
 Timing: peers take turns (interleaved). A turn first pauses (--quiet-ms) so
 that the previous peer's thread pools stop spinning (OpenBLAS workers spin for
 about 0.1 s after a call, and on 2 cores a spinning pool halves the next peer's
@@ -43,14 +49,20 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fastrnn  # noqa: E402
-from configs import CONFIGS, QUICK, make  # noqa: E402
+import fastrnn
+from fastrnn.bench import CONFIGS, QUICK, TOLERANCE, make
 
 # --------------------------------------------------------------------------
 # The peers. Each factory takes (params, inputs, targets) and returns a
-# zero-argument callable that runs one training step.
+# zero-argument callable that runs one training step. A peer that computes a
+# real step also gets ``step.read(out) -> (loss, (dU, dW, dV, db, dc))`` so that
+# its first result is checked against the reference before it is timed.
 # --------------------------------------------------------------------------
+
+
+def _readable(step, read):
+    step.read = read
+    return step
 
 
 def numpy_by_hand(params, x, y):
@@ -84,7 +96,7 @@ def numpy_by_hand(params, x, y):
             dnext = da @ W.T
         return loss / (T * n), dU, dW, dV, db, dc
 
-    return step
+    return _readable(step, lambda out: (out[0], out[1:]))
 
 
 @njit(cache=False, nogil=True)
@@ -187,7 +199,11 @@ def torch_step(params, x, y):
         loss.backward()
         return loss.item()
 
-    return step
+    def read(loss):
+        g = [t.grad.detach().numpy() for t in (rnn.weight_ih_l0, rnn.weight_hh_l0, head.weight, rnn.bias_ih_l0, head.bias)]
+        return loss, (g[0].T, g[1].T, g[2].T, g[3], g[4])
+
+    return _readable(step, read)
 
 
 def jax_step(params, x, y):
@@ -217,14 +233,15 @@ def jax_step(params, x, y):
     def step():
         loss, g = f(p)
         jax.block_until_ready(g)
-        return loss
+        return loss, g
 
-    return step
+    return _readable(step, lambda out: (float(out[0]), tuple(np.asarray(a) for a in out[1])))
 
 
 def fastrnn_step(backend):
     def factory(params, x, y):
-        return lambda: fastrnn.loss_and_grads(params, x, y, backend=backend, params_only=True)
+        step = lambda: fastrnn.loss_and_grads(params, x, y, backend=backend, params_only=True)  # noqa: E731
+        return _readable(step, lambda out: (out[0], tuple(out[1])[:5]))
 
     return factory
 
@@ -271,13 +288,45 @@ def time_interleaved(steps, repeats, block_ms=30.0, quiet_ms=150.0):
     return {label: float(np.median(ts)) for label, ts in times.items()}
 
 
-def build(factories, params, x, y):
+FAILED_CHECKS = []  # (where, label, why): printed again at the end, and the exit status is 1
+
+
+def check(step, params, x, y, ref):
+    """None if the step's loss and U, W, V, b, c gradients match the reference's, else why not."""
+    loss, grads = step.read(step())
+    tol = TOLERANCE[np.dtype(params.U.dtype)]
+    ref_loss, ref_grads = ref
+    if not abs(float(loss) - ref_loss) <= tol * abs(ref_loss):
+        return f"loss {float(loss)!r} against the reference's {ref_loss!r}"
+    for name, g, r in zip("UWVbc", grads, ref_grads):
+        g = np.asarray(g)
+        if g.shape != r.shape:
+            return f"d{name} has shape {g.shape}, the reference's is {r.shape}"
+        err = float(np.abs(g - r).max() / np.abs(r).max())
+        if not err <= tol:
+            return f"d{name} is off by {err:.1e} relative (tolerance {tol:.0e})"
+    return None
+
+
+def build(factories, params, x, y, where=""):
+    """The peers' steps, each checked against the reference before it may be timed.
+    A peer that disagrees is left out of the timing and reported."""
+    ref_loss, ref, _ = fastrnn.loss_and_grads(params, x, y, backend="numpy")
+    ref = (ref_loss, tuple(ref)[:5])
     steps, skipped = {}, []
     for label, factory in factories.items():
         try:
-            steps[label] = factory(params, x, y)
+            step = factory(params, x, y)
         except ImportError as exc:
             skipped.append(f"{label} ({exc.name or exc} is not installed)")
+            continue
+        if hasattr(step, "read"):
+            why = check(step, params, x, y, ref)
+            if why is not None:
+                FAILED_CHECKS.append((where, label, why))
+                skipped.append(f"{label} (FAILED the check against the reference: {why})")
+                continue
+        steps[label] = step
     return steps, skipped
 
 
@@ -286,7 +335,7 @@ def table(args, dtype):
     results = {}
     for name in args.configs:
         params, x, y = make(name, dtype)
-        steps, skipped = build(peers(), params, x, y)
+        steps, skipped = build(peers(), params, x, y, where=f"{name} {dtype.name}")
         med = time_interleaved(steps, args.repeats, args.block_ms, args.quiet_ms)
         results[name] = med
         T, n, d, h, v, ids = CONFIGS[name]
@@ -313,7 +362,7 @@ def sweep_h(args, dtype, sizes=(32, 64, 128, 256, 512, 1024)):
         params = fastrnn.init_params(d, h, v, dtype=dtype, seed=0)
         x = rng.standard_normal((T, n, d)).astype(dtype)
         y = rng.integers(0, v, (T, n))
-        steps, skipped = build(peers(), params, x, y)
+        steps, skipped = build(peers(), params, x, y, where=f"h={h} {dtype.name}")
         med = time_interleaved(steps, max(3, args.repeats // 2), args.block_ms, args.quiet_ms)
         results[h] = med
         print(f"  h={h:5d}  " + "  ".join(f"{k} {t * 1e3:.2f} ms" for k, t in med.items()))
@@ -467,6 +516,11 @@ def main(argv=None):
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1, default=str)
         os.replace(tmp, args.json)
+    if FAILED_CHECKS:
+        print("\npeers left out because they disagree with the reference:")
+        for where, label, why in FAILED_CHECKS:
+            print(f"  {where}: {label}: {why}")
+        sys.exit(1)
 
 
 def machine():

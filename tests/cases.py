@@ -10,11 +10,30 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pytest
+
 import fastrnn
+from fastrnn._config import BACKEND_ORDER
 
 REFERENCE = "numpy"
-OTHER_BACKENDS = [name for name in ("numba", "c") if name in fastrnn.backends()]
+# Every backend by name, whether or not it loads here: one that does not load is
+# skipped with its reason (or fails, under FASTRNN_REQUIRE_BACKENDS=1, as in CI),
+# never dropped from the parametrisation without a word.
+OTHER_BACKENDS = [name for name in BACKEND_ORDER if name != REFERENCE]
 ALL_BACKENDS = [REFERENCE] + OTHER_BACKENDS
+REQUIRE_BACKENDS = os.environ.get("FASTRNN_REQUIRE_BACKENDS", "") in ("1", "true", "yes")
+
+
+def require_backend(name):
+    """``name`` if it loads here; otherwise skip the calling test with the reason,
+    or fail it when FASTRNN_REQUIRE_BACKENDS=1 (CI sets it: no backend test may be skipped)."""
+    why = fastrnn.unavailable().get(name)
+    if why is None:
+        return name
+    message = f"backend {name!r} is unavailable here: {why}"
+    if REQUIRE_BACKENDS:
+        pytest.fail(message + " (FASTRNN_REQUIRE_BACKENDS=1: every backend must load)", pytrace=False)
+    pytest.skip(message)
 
 
 def rel_err(actual, expected):

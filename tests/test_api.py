@@ -112,10 +112,10 @@ def test_layer_pair_reproduces_the_full_model(backend):
     h0 = np.full((case.n, case.h), 0.2)
     loss, g, _ = fastrnn.loss_and_grads(params, x, y, h0=h0, backend=backend)
     H = fastrnn.rnn_forward(x, params.U, params.W, params.b, h0, backend=backend)
-    P, _ = fastrnn.predict_proba(params, x, h0=h0, backend=backend)
-    assert rel_err(P, _softmax(H @ params.V + params.c)) <= 1e-14
+    Y, _ = fastrnn.predict_proba(params, x, h0=h0, backend=backend)
+    assert rel_err(Y, _softmax(H @ params.V + params.c)) <= 1e-14
     onehot = np.eye(case.v)[y]
-    dO = (P - onehot) / (case.T * case.n)
+    dO = (Y - onehot) / (case.T * case.n)
     lg = fastrnn.rnn_backward(dO @ params.V.T, H, x, params.U, params.W, h0, backend=backend)
     for name in ("U", "W", "b", "h0", "X", "A"):
         assert rel_err(getattr(lg, name), getattr(g, name)) <= 1e-13, name
@@ -204,7 +204,35 @@ def test_default_is_numba_when_installed():
 
 def test_c_backend_is_built_when_required():
     """CI sets FASTRNN_REQUIRE_C=1: there the C backend must have been built and load."""
-    if os.environ.get("FASTRNN_REQUIRE_C") in ("1", "true", "yes"):
-        assert "c" in fastrnn.backends(), fastrnn.unavailable().get("c")
-    else:
-        assert ("c" in fastrnn.backends()) != ("c" in fastrnn.unavailable())
+    if os.environ.get("FASTRNN_REQUIRE_C") not in ("1", "true", "yes"):
+        pytest.skip("FASTRNN_REQUIRE_C is not set: a missing C backend is allowed here")
+    assert "c" in fastrnn.backends(), fastrnn.unavailable().get("c")
+
+
+BROKEN_C = """
+import sys
+sys.modules["fastrnn._fastrnn_c"] = None   # as if the extension had not been built
+import fastrnn
+print(",".join(fastrnn.backends()))
+print(fastrnn.unavailable()["c"])
+try:
+    fastrnn.set_backend("c")
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+def test_a_backend_that_does_not_load_is_reported_not_listed():
+    out = run_python(BROKEN_C, FASTRNN_BACKEND="")
+    assert out.returncode == 0, out.stderr
+    listed, why, refusal = out.stdout.splitlines()
+    assert "c" not in listed.split(",") and listed.split(",")[-1] == "numpy"
+    assert why.startswith("ModuleNotFoundError") and "_fastrnn_c" in why
+    assert refusal == f"backend 'c' is not available here: {why}"
+
+
+def test_set_backend_overrides_a_bad_environment_variable():
+    code = "import fastrnn; print(fastrnn.set_backend('numpy'), fastrnn.get_backend())"
+    out = run_python(code, FASTRNN_BACKEND="fortran")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "numpy"]

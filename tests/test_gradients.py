@@ -1,4 +1,13 @@
-"""Every gradient of every backend against float64 central differences of the loss."""
+"""Every gradient of every backend against float64 central differences of the loss.
+
+This file keeps its own ten-line central-difference loop instead of calling
+``fastrnn.gradcheck``, on purpose: it is the test of the gradients, so it shares
+no code with the library's checker (sub-sampling, float64 copies, the report's
+error measure) that a single bug could break on both sides at once. It shares
+only the reference backend's loss, whose value is itself checked by hand in
+test_api.py and against PyTorch in test_torch.py. ``fastrnn.gradcheck`` is tested
+separately, in test_gradcheck.py, including against gradients that are wrong.
+"""
 
 import numpy as np
 import pytest

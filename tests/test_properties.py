@@ -2,11 +2,12 @@
 one and hidden states stay in [-1, 1]."""
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from cases import ALL_BACKENDS, REFERENCE, Case, rel_err
+from cases import ALL_BACKENDS, OTHER_BACKENDS, REFERENCE, Case, rel_err, require_backend
 
 cases = st.builds(
     Case,
@@ -40,28 +41,33 @@ def _upcast(a):
     return None if a is None else (a.astype(np.float64) if a.dtype.kind == "f" else a)
 
 
+# The backend is a plain parametrize, not the ``fast_backend`` fixture: Hypothesis
+# refuses function-scoped fixtures. Each fast backend is compared with the
+# reference; the reference is never compared with itself.
+@pytest.mark.parametrize("name", OTHER_BACKENDS)
 @settings(max_examples=150, deadline=None)
 @given(case=cases, seed=st.integers(0, 2**32 - 1))
-def test_float64_backends_agree(case, seed):
+def test_float64_backends_agree(name, case, seed):
+    require_backend(name)
     params, inputs, targets, h0 = case.make(np.float64, seed=seed)
     tol = _saturation_tolerance(params, inputs, h0, case)
     kw = case.kwargs(h0)
     ref_loss, ref, ref_h = fastrnn.loss_and_grads(params, inputs, targets, backend=REFERENCE, **kw)
     assert np.isfinite(ref_loss) and ref_loss > 0
-    for name in ALL_BACKENDS:
-        loss, grads, h_last = fastrnn.loss_and_grads(params, inputs, targets, backend=name, **kw)
-        assert abs(loss - ref_loss) <= tol * ref_loss
-        assert rel_err(h_last, ref_h) <= tol
-        for field, g, r in zip(grads._fields, grads, ref):
-            if r is None:
-                assert g is None
-            else:
-                assert rel_err(g, r) <= tol, field
+    loss, grads, h_last = fastrnn.loss_and_grads(params, inputs, targets, backend=name, **kw)
+    assert abs(loss - ref_loss) <= tol * ref_loss
+    assert rel_err(h_last, ref_h) <= tol
+    for field, g, r in zip(grads._fields, grads, ref):
+        if r is None:
+            assert g is None
+        else:
+            assert rel_err(g, r) <= tol, field
 
 
+@pytest.mark.parametrize("name", OTHER_BACKENDS)
 @settings(max_examples=150, deadline=None)
 @given(case=cases, seed=st.integers(0, 2**32 - 1))
-def test_float32_backends_are_as_exact_as_the_reference(case, seed):
+def test_float32_backends_are_as_exact_as_the_reference(name, case, seed):
     """In float32, sums such as dW = Σ_t H_{t-1}ᵀ dA_t can cancel and leave only a
     few correct digits in any float32 implementation, and random shapes find
     such cases. So each backend is measured against the float64 answer: within
@@ -69,33 +75,34 @@ def test_float32_backends_are_as_exact_as_the_reference(case, seed):
     float32 error where cancellation makes that unreachable. The strict 1e-5
     agreement with the float32 reference is asserted on the fixed cases of
     test_backends.py."""
+    require_backend(name)
     params, inputs, targets, h0 = case.make(np.float32, seed=seed)
     kw = case.kwargs(h0)
     exact_loss, exact, _ = fastrnn.loss_and_grads(
         fastrnn.Params(*map(_upcast, params)), _upcast(inputs), targets, backend=REFERENCE, **{**kw, "h0": _upcast(h0)}
     )
     ref_loss, ref, _ = fastrnn.loss_and_grads(params, inputs, targets, backend=REFERENCE, **kw)
-    for name in ALL_BACKENDS:
-        loss, grads, _ = fastrnn.loss_and_grads(params, inputs, targets, backend=name, **kw)
-        assert abs(loss - exact_loss) <= max(1e-4 * exact_loss, 8 * abs(ref_loss - exact_loss))
-        for field, g, r, e in zip(grads._fields, grads, ref, exact):
-            if e is None:
-                assert g is None
-                continue
-            assert g.dtype == np.float32
-            assert rel_err(g, e) <= max(1e-4, 8 * rel_err(r, e)), field
+    loss, grads, _ = fastrnn.loss_and_grads(params, inputs, targets, backend=name, **kw)
+    assert abs(loss - exact_loss) <= max(1e-4 * exact_loss, 8 * abs(ref_loss - exact_loss))
+    for field, g, r, e in zip(grads._fields, grads, ref, exact):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == np.float32
+        assert rel_err(g, e) <= max(1e-4, 8 * rel_err(r, e)), field
 
 
+@pytest.mark.parametrize("name", ALL_BACKENDS)
 @settings(max_examples=100, deadline=None)
 @given(case=cases, seed=st.integers(0, 2**32 - 1), f32=st.booleans())
-def test_probabilities_sum_to_one_and_states_are_bounded(case, seed, f32):
+def test_probabilities_sum_to_one_and_states_are_bounded(name, case, seed, f32):
+    require_backend(name)
     dtype = np.float32 if f32 else np.float64
     params, inputs, _, h0 = case.make(dtype, seed=seed)
-    for name in ALL_BACKENDS:
-        P, h_last = fastrnn.predict_proba(params, inputs, h0=h0, batch_first=case.batch_first, backend=name)
-        assert P.dtype == dtype and (P >= 0).all() and (P <= 1).all()
-        np.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=0, atol=4 * np.finfo(dtype).eps * case.v)
-        H = fastrnn.rnn_forward(inputs, params.U, params.W, params.b, h0, batch_first=case.batch_first, backend=name)
-        assert H.dtype == dtype and np.abs(H).max() <= 1.0
-        last = H[:, -1] if case.batch_first else H[-1]
-        np.testing.assert_array_equal(h_last, last)
+    Y, h_last = fastrnn.predict_proba(params, inputs, h0=h0, batch_first=case.batch_first, backend=name)
+    assert Y.dtype == dtype and (Y >= 0).all() and (Y <= 1).all()
+    np.testing.assert_allclose(Y.sum(axis=-1), 1.0, rtol=0, atol=4 * np.finfo(dtype).eps * case.v)
+    H = fastrnn.rnn_forward(inputs, params.U, params.W, params.b, h0, batch_first=case.batch_first, backend=name)
+    assert H.dtype == dtype and np.abs(H).max() <= 1.0
+    last = H[:, -1] if case.batch_first else H[-1]
+    np.testing.assert_array_equal(h_last, last)

@@ -15,3 +15,16 @@ def test_ci_runs_the_readme_test_command():
     lines = ci.splitlines()
     command = lines[lines.index("# The README's test command:") + 1]
     assert command.strip() and f"\n{command}\n" in readme
+
+
+def test_the_version_lives_in_one_place():
+    """pyproject.toml reads the version from fastrnn.__version__; the installed metadata agrees."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from importlib.metadata import version
+
+    import fastrnn
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fastrnn.__version__"}
+    assert version("fastrnn") == fastrnn.__version__

@@ -1,6 +1,5 @@
 """The training toolkit: optimizers, clipping, batching, sampling, checkpoints, the loop, the CLI."""
 
-import os
 import subprocess
 import sys
 
@@ -170,16 +169,18 @@ def test_state_is_carried_between_windows_and_reset_at_restart():
 # -- sampling -------------------------------------------------------------------
 
 
-def _trained_model(steps=60):
+@pytest.fixture(scope="module")
+def trained():
+    """One model trained once for the module's sampling and checkpoint tests (read-only)."""
     vocab = Vocab.from_text(CORPUS)
     model = fastrnn.CharRNN(vocab, 32, seed=1)
     tr = fastrnn.Trainer(model, vocab.encode(CORPUS), seq_len=20, batch=4, lr=1e-2)
-    tr.run(steps, progress=False)
+    tr.run(60, progress=False)
     return model
 
 
-def test_sampling_is_seeded_and_respects_top_k_and_prime():
-    model = _trained_model()
+def test_sampling_is_seeded_and_respects_top_k_and_prime(trained):
+    model = trained
     a = model.sample(80, seed=3, temperature=0.9)
     assert a == model.sample(80, seed=3, temperature=0.9)
     assert a != model.sample(80, seed=4, temperature=0.9)
@@ -193,8 +194,8 @@ def test_sampling_is_seeded_and_respects_top_k_and_prime():
 # -- checkpoints ----------------------------------------------------------------
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = _trained_model(10)
+def test_checkpoint_round_trip(tmp_path, trained):
+    model = trained
     path = tmp_path / "m.npz"
     model.save(path)
     loaded = fastrnn.CharRNN.load(path)
@@ -233,8 +234,8 @@ def test_resume_refuses_another_corpus(tmp_path):
         fastrnn.Trainer.resume(tmp_path / "c.npz", vocab.encode(CORPUS[::-1]))
 
 
-def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
-    model = _trained_model(5)
+def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, trained):
+    model = trained
     good = tmp_path / "good.npz"
     model.save(good)
     data = good.read_bytes()
@@ -304,24 +305,38 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 # -- the command line -------------------------------------------------------------
 
 
-def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "fastrnn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def cli_run(monkeypatch, capsys):
+    """Run ``fastrnn ARGS`` in this process, from ``cwd``: (exit status, stdout, stderr)."""
+    from fastrnn import cli
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            status = exc.code
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run
 
 
-def test_cli_train_then_sample(tmp_path):
+def test_cli_train_then_sample(tmp_path, cli_run):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
-    out = _cli("train", str(corpus), "--steps", "40", "--hidden", "16", "--seq-len", "10", "--batch", "4",
-               "--out", "m.npz", "--quiet", "--sample-length", "50", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "40 steps in" in out.stdout and "checkpoint written to m.npz" in out.stdout
-    out2 = _cli("train", str(corpus), "--steps", "10", "--out", "m.npz", "--resume", "--quiet", "--sample-length", "0", cwd=tmp_path)
-    assert out2.returncode == 0, out2.stderr
-    s1 = _cli("sample", "m.npz", "--length", "60", "--seed", "1", "--prime", "the ", cwd=tmp_path)
-    s2 = _cli("sample", "m.npz", "--length", "60", "--seed", "1", "--prime", "the ", cwd=tmp_path)
-    assert s1.returncode == 0, s1.stderr
-    assert s1.stdout == s2.stdout and s1.stdout.startswith("the ") and len(s1.stdout.rstrip("\n")) == 64
+    status, out, err = cli_run("train", str(corpus), "--steps", "40", "--hidden", "16", "--seq-len", "10", "--batch", "4",
+                               "--out", "m.npz", "--quiet", "--sample-length", "50", cwd=tmp_path)
+    assert status == 0, err
+    assert "40 steps in" in out and "checkpoint written to m.npz" in out
+    status, _, err = cli_run("train", str(corpus), "--steps", "10", "--out", "m.npz", "--resume", "--quiet",
+                             "--sample-length", "0", cwd=tmp_path)
+    assert status == 0, err
+    args = ("sample", "m.npz", "--length", "60", "--seed", "1", "--prime", "the ")
+    status, s1, err = cli_run(*args, cwd=tmp_path)
+    assert status == 0, err
+    assert cli_run(*args, cwd=tmp_path)[1] == s1
+    assert s1.startswith("the ") and len(s1.rstrip("\n")) == 64
 
 
 @pytest.mark.parametrize(
@@ -335,15 +350,17 @@ def test_cli_train_then_sample(tmp_path):
         (["train", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
     ],
 )
-def test_cli_errors_are_one_line(tmp_path, args, message):
+def test_cli_errors_are_one_line(tmp_path, cli_run, args, message):
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    out = _cli(*args, cwd=tmp_path)
-    assert out.returncode == 2
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr
+    status, _, err = cli_run(*args, cwd=tmp_path)
+    assert status == 2
+    assert message in err
+    assert "Traceback" not in err
 
 
-def test_cli_backends_lists_the_default_first(tmp_path):
-    out = _cli("backends", cwd=tmp_path)
-    assert out.returncode == 0
+def test_cli_backends_lists_the_default_first_in_a_fresh_process(tmp_path):
+    """The one subprocess test of the command line: `python -m fastrnn` starts and runs."""
+    out = subprocess.run([sys.executable, "-m", "fastrnn", "backends"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == fastrnn.get_backend()

@@ -65,45 +65,56 @@ def check_weights(names_and_values):
     return arrays, arrays[0].dtype
 
 
+def _weight_pipeline(pairs, sizes):
+    """The one pipeline every set of weights goes through: float arrays of one
+    dtype; then ``sizes(*arrays)`` reads the sizes from them (raising on a bad
+    ndim) and gives each array's expected (shape, letters); then every shape;
+    then finiteness. Returns C-contiguous arrays."""
+    arrays, _ = check_weights(pairs)
+    for (name, _), a, (shape, letters) in zip(pairs, arrays, sizes(*arrays)):
+        _check_shape(name, a, shape, letters)
+    for (name, _), a in zip(pairs, arrays):
+        _check_finite(name, a)
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
 def check_params(params):
     """Validate a Params (or any 5-sequence U, W, V, b, c); return contiguous Params."""
     if isinstance(params, np.ndarray) or not hasattr(params, "__len__") or len(params) != 5:
         raise TypeError(f"params must be a fastrnn.Params(U, W, V, b, c), got {type(params).__name__}")
+
+    def sizes(U, W, V, b, c):
+        if U.ndim != 2:
+            raise ValueError(f"params.U must have shape (d, h), got {U.shape}")
+        if V.ndim != 2:
+            raise ValueError(f"params.V must have shape (h, v), got {V.shape}")
+        (d, h), v = U.shape, V.shape[1]
+        if min(d, h, v) < 1:
+            raise ValueError(f"d, h and v must be at least 1; params.U is {U.shape}, params.V is {V.shape}")
+        return [((d, h), "dh"), ((h, h), "hh"), ((h, v), "hv"), ((h,), "h"), ((v,), "v")]
+
     names = [f"params.{k}" for k in Params._fields]
-    (U, W, V, b, c), dtype = check_weights(list(zip(names, params)))
-    if U.ndim != 2:
-        raise ValueError(f"params.U must have shape (d, h), got {U.shape}")
-    d, h = U.shape
-    if V.ndim != 2:
-        raise ValueError(f"params.V must have shape (h, v), got {V.shape}")
-    v = V.shape[1]
-    if min(d, h, v) < 1:
-        raise ValueError(f"d, h and v must be at least 1; params.U is {U.shape}, params.V is {V.shape}")
-    _check_shape("params.W", W, (h, h), "hh")
-    _check_shape("params.V", V, (h, v), "hv")
-    _check_shape("params.b", b, (h,), "h")
-    _check_shape("params.c", c, (v,), "v")
-    out = []
-    for name, a in zip(names, (U, W, V, b, c)):
-        _check_finite(name, a)
-        out.append(np.ascontiguousarray(a))
-    return Params(*out)
+    return Params(*_weight_pipeline(list(zip(names, params)), sizes))
 
 
 def check_recurrent_weights(U, W, b=None):
     """The layer-level functions' weights: U (d, h), W (h, h) and optionally b (h,)."""
+
+    def sizes(U, W, b=None):
+        if U.ndim != 2 or min(U.shape) < 1:
+            raise ValueError(f"U must have shape (d, h) with d, h >= 1, got {U.shape}")
+        h = U.shape[1]
+        return [(U.shape, "dh"), ((h, h), "hh"), ((h,), "h")]
+
     pairs = [("U", U), ("W", W)] + ([("b", b)] if b is not None else [])
-    arrays, dtype = check_weights(pairs)
-    U, W = arrays[0], arrays[1]
-    if U.ndim != 2 or min(U.shape) < 1:
-        raise ValueError(f"U must have shape (d, h) with d, h >= 1, got {U.shape}")
-    h = U.shape[1]
-    _check_shape("W", W, (h, h), "hh")
-    if b is not None:
-        _check_shape("b", arrays[2], (h,), "h")
-    for (name, _), a in zip(pairs, arrays):
-        _check_finite(name, a)
-    return [np.ascontiguousarray(a) for a in arrays]
+    return _weight_pipeline(pairs, sizes)
+
+
+def _to_time_major(a, unbatched, batch_first):
+    """(T, n, ...) from the caller's layout: a new n axis for one sequence, (n, T) swapped."""
+    if unbatched:
+        return a[:, None]
+    return a.swapaxes(0, 1) if batch_first else a
 
 
 @dataclass(frozen=True)
@@ -129,11 +140,7 @@ class Layout:
         _check_float(name, a, dtype)
         _check_shape(name, a, self.user_shape(trailing), self.user_letters(letters))
         _check_finite(name, a)
-        if self.unbatched:
-            a = a[:, None]
-        elif self.batch_first:
-            a = a.swapaxes(0, 1)
-        return np.ascontiguousarray(a)
+        return np.ascontiguousarray(_to_time_major(a, self.unbatched, self.batch_first))
 
     def state_to_user(self, a):
         return a[0] if self.unbatched else a
@@ -170,10 +177,7 @@ def check_inputs(inputs, d, dtype, batch_first):
         raise TypeError(
             f"inputs must be float{dtype.itemsize * 8} (T, n, d) or integer token ids (T, n), got dtype {x.dtype}"
         )
-    if unbatched:
-        x = x[:, None]
-    elif batch_first:
-        x = x.swapaxes(0, 1)
+    x = _to_time_major(x, unbatched, batch_first)
     T, n = x.shape[0], x.shape[1]
     if T == 0 or n == 0:
         raise ValueError(f"inputs must have at least one timestep and one sequence, got shape {np.shape(inputs)}")
@@ -198,11 +202,7 @@ def check_targets(targets, layout, v):
         lo, hi = y.min(), y.max()
         if lo < 0 or hi >= v:
             raise ValueError(f"targets holds class {lo if lo < 0 else hi}, outside [0, v={v})")
-    if layout.unbatched:
-        y = y[:, None]
-    elif layout.batch_first:
-        y = y.swapaxes(0, 1)
-    return np.ascontiguousarray(y, dtype=np.intp)
+    return np.ascontiguousarray(_to_time_major(y, layout.unbatched, layout.batch_first), dtype=np.intp)
 
 
 def check_h0(h0, layout, h, dtype, name="h0"):

@@ -77,8 +77,8 @@ def predict_proba(params, inputs, *, h0=None, batch_first=False, backend=None):
     d, h = p.U.shape
     x, layout = check.check_inputs(inputs, d, p.U.dtype, batch_first)
     h0 = check.check_h0(h0, layout, h, p.U.dtype)
-    P, h_last = be.probs(*p, x, h0)
-    return layout.seq_to_user(P), layout.state_to_user(h_last)
+    Y, h_last = be.probs(*p, x, h0)  # Ŷ, the softmax of every step
+    return layout.seq_to_user(Y), layout.state_to_user(h_last)
 
 
 def rnn_forward(inputs, U, W, b, h0=None, *, batch_first=False, backend=None):

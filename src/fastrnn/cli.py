@@ -1,4 +1,4 @@
-"""The `fastrnn` command: train a character-level language model, sample from it."""
+"""The `fastrnn` command: train a character-level language model, sample from it, benchmark a step."""
 
 from __future__ import annotations
 
@@ -107,6 +107,21 @@ def build_parser():
     s.add_argument("--threads", type=_threads_arg, default=None, metavar="K", help="BLAS threads (as for train)")
 
     sub.add_parser("backends", help="list the backends available here, default first")
+
+    bench = sub.add_parser(
+        "bench", help="time one training step per backend, and your own implementations (needs fastrnn[bench])",
+        description="Time one training step (loss and parameter gradients) of every fastrnn backend and of "
+        "your own implementations with pytest-benchmark; each is checked against the numpy reference first. "
+        "Anything after -- goes to pytest as it is.",
+    )
+    bench.add_argument("--quick", action="store_true", help="only the char, char32 and small configurations")
+    bench.add_argument("--peer", action="append", default=[], metavar="MODULE:FUNCTION",
+                       help="also time this function (loss_and_grads' signature); MODULE may be a path/to/file.py; repeatable")
+    bench.add_argument("-k", dest="select", metavar="EXPR", help="pytest's -k, e.g. 'small and f32' or 'numba or mine'")
+    bench.add_argument("--save", metavar="NAME", help="save the run (pytest-benchmark's --benchmark-save)")
+    bench.add_argument("--compare", nargs="?", const="", metavar="RUN",
+                       help="compare with a saved run, the latest by default (--benchmark-compare)")
+    bench.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options")
     return parser
 
 
@@ -241,12 +256,44 @@ def cmd_backends(args):
     return 0
 
 
+def cmd_bench(args):
+    import os
+
+    try:
+        import pytest
+        import pytest_benchmark  # noqa: F401
+    except ImportError:
+        raise UsageError('the benchmark needs pytest and pytest-benchmark: pip install "fastrnn[bench]"') from None
+    from .bench import PEERS_ENV, QUICK_ENV, load_peer
+
+    for spec in args.peer:  # fail here, in one line, rather than inside pytest's collection
+        try:
+            load_peer(spec)
+        except ImportError as exc:
+            raise UsageError(f"--peer {spec}: {exc}") from None
+        except ValueError as exc:
+            raise UsageError(f"--peer: {exc}") from None
+    if args.peer:
+        os.environ[PEERS_ENV] = ",".join(args.peer)
+    if args.quick:
+        os.environ[QUICK_ENV] = "1"
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    pytest_argv = ["--pyargs", "fastrnn.bench", "--benchmark-only"]
+    if args.select:
+        pytest_argv += ["-k", args.select]
+    if args.save:
+        pytest_argv.append(f"--benchmark-save={args.save}")
+    if args.compare is not None:
+        pytest_argv.append(f"--benchmark-compare={args.compare}" if args.compare else "--benchmark-compare")
+    return int(pytest.main(pytest_argv + extra))
+
+
 def main(argv=None):
     from .model import CheckpointError
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends, "bench": cmd_bench}[args.command]
     try:
         return command(args)
     except (UsageError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as exc:

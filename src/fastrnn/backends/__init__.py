@@ -76,11 +76,18 @@ def get_backend():
 
 
 def set_backend(name):
-    """Make ``name`` the default backend for this process; returns the previous default."""
-    previous = get_backend()
+    """Make ``name`` the default backend for this process; returns the previous default.
+
+    This works even when ``$FASTRNN_BACKEND`` names a backend that is unknown or
+    does not load (then the previous default returned is None).
+    """
     _check_name(name)
     _require(name)
     global _default
+    try:
+        previous = get_backend()
+    except (ValueError, RuntimeError):  # a bad $FASTRNN_BACKEND, now overridden
+        previous = None
     _default = name
     return previous
 
