@@ -59,7 +59,7 @@ def stop(procs):
 def step_times(name, seconds=3.0, block_ms=50.0):
     """Median of per-block mean step times over ``seconds`` of stepping."""
     import fastrnn
-    from configs import make
+    from fastrnn.bench import make
 
     params, x, y = make(name)
     h0 = np.zeros((x.shape[1], params.U.shape[1]), dtype=params.U.dtype)

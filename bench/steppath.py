@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fastrnn  # noqa: E402
 from fastrnn import api  # noqa: E402
 from compare import jax_step, time_interleaved  # noqa: E402
-from configs import make  # noqa: E402
+from fastrnn.bench import make  # noqa: E402
 
 
 def main(argv=None):
