@@ -297,3 +297,17 @@ def test_split_steps_agree_with_the_reference_and_with_any_thread_count(monkeypa
         assert other[0] == loss and np.array_equal(other[2], h_last)
         for a, e in zip(other[1], g):
             assert (a is None and e is None) or np.array_equal(a, e)
+
+
+@needs_blas
+def test_auto_keeps_every_core_for_split_steps_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(_threads, "NCPU", 2)
+    monkeypatch.setattr(_threads, "_auto", 1)  # other processes keep a core busy
+    monkeypatch.setattr(_threads, "_next", float("inf"))
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert _threads.current() == 1  # BLAS pools spin: one thread
+        assert _threads.cores() == 2  # split blocks wait without spinning: both cores
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert _threads.cores() == 1  # the caller's limit
+    fastrnn.set_num_threads(3)
+    assert _threads.cores() == 3 and _threads.current() == 3

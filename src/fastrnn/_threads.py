@@ -246,6 +246,19 @@ def current():
     return _auto_threads() if before is None else min(_auto_threads(), before)
 
 
+def cores():
+    """Threads for work split into independent blocks (:mod:`fastrnn.backends._parallel`):
+    the fixed count, or under auto every core, busy machine or not (capped by a
+    limit the caller gave SciPy's BLAS). Blocks do not wait for each other
+    until they are done, and wait without spinning, so next to other work they
+    take their fair share of the cores instead of stalling."""
+    k = _fixed()
+    if k is not None:
+        return k
+    before = blas_threads()
+    return NCPU if before is None else min(NCPU, before)
+
+
 def _auto_threads():
     if NCPU == 1:
         return 1

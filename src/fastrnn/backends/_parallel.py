@@ -8,7 +8,9 @@ thread with the BLAS set to one thread: the whole step of a block (its input
 projection, the time loop with its per-timestep product and fused tanh, the
 softmax, the backward loop) stays on one core, so the elementwise passes use
 every core and the per-timestep products need no hand-over between threads at
-every timestep. The threads wait on a queue, not in a spin loop.
+every timestep. The threads wait on a queue, not in a spin loop, so on a
+busy machine a split step takes its share of the cores instead of stalling:
+auto (see :mod:`fastrnn._threads`) uses every core for the blocks, busy or not.
 
 How many blocks a step has depends only on its sizes and on the number of
 cores the process may use, never on the thread setting: with fewer threads
@@ -69,7 +71,7 @@ def loss_and_grads(kernel, U, W, V, b, c, inputs, targets, h0, scale, params_onl
         x, y, s = (np.ascontiguousarray(a[:, rows]) for a in (inputs, targets, h0[None]))
         return kernel(U, W, V, b, c, x, y, s[0], scale, params_only)
 
-    threads = min(_threads.current(), B)
+    threads = min(_threads.cores(), B)
     groups = [list(range(k, B, threads)) for k in range(threads)]  # this thread takes groups[0]
     with _threads.blas(1):
         futures = [_executor().submit(lambda g=g: [block(i) for i in g]) for g in groups[1:]]
