@@ -258,14 +258,16 @@ _parallel = importlib.import_module("fastrnn.backends._parallel")
 
 
 def test_which_steps_are_split():
-    # medium (T, n, d, h, v) = (100, 64, 256, 256, 256) and large split on 2 cores; small, char32, char do not
+    # medium (T, n, d, h, v) = (100, 64, 256, 256, 256), large, small, char32 split on 2 cores; char does not
     assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=2) == 2
     assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=2) == 2
     assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=16) == 8  # 16 rows per block at least
-    assert _parallel.blocks(50, 32, 64, 128, 64, ncpu=2) == 1
-    assert _parallel.blocks(25, 32, 0, 100, 65, ncpu=2) == 1
+    assert _parallel.blocks(50, 32, 64, 128, 64, ncpu=2) == 2
+    assert _parallel.blocks(25, 32, 0, 100, 65, ncpu=2) == 2
+    assert _parallel.blocks(25, 1, 0, 100, 65, ncpu=2) == 1  # char: one sequence
+    assert _parallel.blocks(25, 32, 0, 40, 65, ncpu=2) == 1  # too little work: 4.2M multiply-adds
     assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=1) == 1
-    assert _parallel.blocks(1000, 16, 256, 256, 256, ncpu=2) == 1  # too few rows to halve
+    assert _parallel.blocks(1000, 24, 256, 256, 256, ncpu=2) == 1  # too few rows to halve
 
 
 @pytest.mark.parametrize("ids", [False, True])

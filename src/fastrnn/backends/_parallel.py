@@ -29,8 +29,11 @@ from .. import _threads
 
 #: Steps with fewer multiply-adds than this (T·n·(d·h + h·h + h·v), d = 0 for
 #: token ids) run as one block: below it, handing a block to another thread
-#: (tens of µs) and the extra sums cost more than a second core gains.
-SPLIT_ABOVE = 1 << 28
+#: (tens of µs) and the extra sums cost more than a second core gains. char32
+#: (13M) is above it. Measured on the 2-core machine (thread CPU time, median
+#: of 30): the step's thread in a 2-block split spent 0.61 (char32), 0.54
+#: (small, medium) of the CPU time of the unsplit step on one thread.
+SPLIT_ABOVE = 1 << 23
 #: Fewest rows of the batch per block: thinner per-timestep products run below BLAS speed.
 MIN_ROWS = 16
 
