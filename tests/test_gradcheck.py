@@ -94,3 +94,94 @@ def test_float32_gradients_are_checked_against_the_float64_loss(fast_backend):
     params, inputs, targets, h0 = CASES[5].make(np.float32, seed=25)
     report = fastrnn.gradcheck(params, inputs, targets, h0=h0, backend=fast_backend, rtol=1e-5)
     assert report.passed, str(report)
+
+
+# -- issue 12, items 16-17: the README's example, step and tolerance, forward-only differences ---------
+
+
+def _readme_example(dtype):
+    """The arrays of README.md's "Use" section."""
+    T, n, d, h, v = 25, 32, 65, 128, 65
+    params = fastrnn.init_params(d, h, v, dtype=dtype, seed=0)
+    rng = np.random.default_rng(0)
+    return params, rng.integers(0, d, size=(T, n)), rng.integers(0, v, size=(T, n))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_readme_example_passes_in_both_dtypes(backend, dtype):
+    params, inputs, targets = _readme_example(dtype)
+    report = fastrnn.gradcheck(params, inputs, targets, backend=backend)
+    assert report.passed, str(report)
+    assert set(report.checks) == {"U", "W", "V", "b", "c", "h0", "A"}
+    assert report.rtol == (1e-6 if dtype == np.float64 else pytest.approx(100 * np.finfo(np.float32).eps))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tensor", ["U", "W", "V", "b", "c", "h0", "A"])
+def test_a_1e_3_relative_error_still_fails_on_the_readme_example(dtype, tensor):
+    params, inputs, targets = _readme_example(dtype)
+
+    def off_by_1e_3(*args, **kwargs):
+        loss, grads, h_last = fastrnn.loss_and_grads(*args, **kwargs)
+        return loss, grads._replace(**{tensor: getattr(grads, tensor) * np.asarray(1.001, dtype)}), h_last
+
+    report = fastrnn.gradcheck(params, inputs, targets, grad_fn=off_by_1e_3, max_entries=16)
+    assert report.failed == [tensor], str(report)
+
+
+def test_finite_differences_never_run_a_backward_pass(monkeypatch):
+    from fastrnn.backends import reference
+
+    params, inputs, targets = _readme_example(np.float64)
+    calls = {"loss_and_grads": 0, "backward": 0}
+
+    def counted(name):
+        original = getattr(reference, name)
+
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return original(*a, **k)
+
+        monkeypatch.setattr(reference, name, wrapper)
+
+    counted("loss_and_grads")
+    counted("backward")
+    report = fastrnn.gradcheck(params, inputs, targets, backend="numpy", max_entries=8)
+    assert report.passed, str(report)
+    # the analytic gradients and one validation call; not one backward per difference (7 tensors × 8 × 2)
+    assert calls["loss_and_grads"] <= 2 and calls["backward"] <= 2, calls
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"eps": 0}, ValueError, "eps must be a positive finite step, got 0"),
+        ({"eps": float("nan")}, ValueError, "eps must be a positive finite step"),
+        ({"max_entries": 0}, ValueError, "max_entries must be a positive integer, got 0"),
+        ({"rtol": -1.0}, ValueError, "rtol must be a positive finite number"),
+        ({"grad_fn": lambda *a, **k: (0.0, None, None)}, ValueError, "returned grads=None"),
+        ({"grad_fn": lambda *a, **k: None}, TypeError, r"must return \(loss, grads, h_last\)"),
+    ],
+)
+def test_clear_errors_for_bad_arguments(kwargs, error, message):
+    params, inputs, targets, h0 = CASES[5].make(np.float64, seed=26)
+    with pytest.raises(error, match=message):
+        fastrnn.gradcheck(params, inputs, targets, h0=h0, **kwargs)
+
+
+def test_a_grad_fn_returning_none_for_a_parameter_gradient_is_named():
+    params, inputs, targets, h0 = CASES[5].make(np.float64, seed=27)
+
+    def no_dW(*args, **kwargs):
+        loss, grads, h_last = fastrnn.loss_and_grads(*args, **kwargs)
+        return loss, grads._replace(W=None), h_last
+
+    with pytest.raises(ValueError, match=r"returned no dW \(grads.W is None\)"):
+        fastrnn.gradcheck(params, inputs, targets, h0=h0, grad_fn=no_dW)
+
+    def no_state_grads(*args, **kwargs):
+        loss, grads, h_last = fastrnn.loss_and_grads(*args, **kwargs)
+        return loss, grads._replace(h0=None, A=None), h_last
+
+    report = fastrnn.gradcheck(params, inputs, targets, h0=h0, grad_fn=no_state_grads)
+    assert report.passed and report.skipped == ["h0", "A"] and "not returned: h0, A" in str(report)

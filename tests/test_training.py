@@ -9,7 +9,7 @@ import pytest
 import fastrnn
 from fastrnn import optim
 from fastrnn.data import Batcher, Vocab, default_corpus
-from fastrnn.model import CheckpointError, load_checkpoint
+from fastrnn.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 CORPUS = "the quick brown fox jumps over the lazy dog. " * 40
 
@@ -197,8 +197,8 @@ def test_sampling_is_seeded_and_respects_top_k_and_prime(trained):
 def test_checkpoint_round_trip(tmp_path, trained):
     model = trained
     path = tmp_path / "m.npz"
-    model.save(path)
-    loaded = fastrnn.CharRNN.load(path)
+    save_checkpoint(path, model)
+    loaded = load_model(path)
     assert loaded.vocab == model.vocab and loaded.hidden == 32 and loaded.dtype == np.float32
     for a, b in zip(loaded.params, model.params):
         np.testing.assert_array_equal(a, b)
@@ -237,7 +237,7 @@ def test_resume_refuses_another_corpus(tmp_path):
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, trained):
     model = trained
     good = tmp_path / "good.npz"
-    model.save(good)
+    save_checkpoint(good, model)
     data = good.read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable fastrnn checkpoint"):

@@ -12,7 +12,8 @@ from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
 from .backends import backends, get_backend, set_backend, unavailable
 from .data import Batcher, Vocab
 from .model import CharRNN
-from .train import Trainer, TrainingDiverged
+from .train import Trainer, TrainingDiverged, TrainingInterrupted
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from . import optim
 from .gradcheck import gradcheck
 
@@ -38,6 +39,11 @@ __all__ = [
     "Batcher",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
     "optim",
     "gradcheck",
 ]

@@ -26,14 +26,39 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
+def _non_negative_int(text):
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
+
+
+def _hyperparameter(rule):
+    """An argparse type for a hyperparameter, checked by the library's own rule."""
+
+    def parse(text):
+        from .optim import expectation
+
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        wanted = expectation(rule, value)
+        if wanted is not None:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = {"positive": "positive number", "unit": "number in [0, 1)"}[rule]
+    return parse
+
+
+_positive_float = _hyperparameter("positive")
+
+#: `fastrnn train`'s defaults for the flags a resumed run takes from its checkpoint.
+TRAIN_DEFAULTS = {"hidden": 256, "seq_len": 50, "batch": 32, "optimizer": "adam", "dtype": "float32", "clip": 5.0}
 
 
 def _threads_arg(text):
@@ -46,54 +71,64 @@ def _threads_arg(text):
 
 
 def _say_when_compiling():
-    """Print one line when Numba starts compiling (a cold cache), so a long first step is explained."""
-    from numba.core import event
+    """Print one line when Numba starts compiling (a cold cache), so that a long
+    first step is explained. One listener per process, however often called."""
+    global _notice
+    if _notice is None:
+        from numba.core import event
 
-    class Listener(event.Listener):
-        said = False
+        class CompileNotice(event.Listener):
+            said = False
 
-        def on_start(self, ev):
-            if not self.said:
-                self.said = True
-                print("fastrnn: compiling the Numba kernels for this machine "
-                      "(once; later runs load them from the cache)...", flush=True)
+            def on_start(self, ev):
+                if not self.said:
+                    self.said = True
+                    print("fastrnn: compiling the Numba kernels for this machine "
+                          "(once; later runs load them from the cache)...", flush=True)
 
-        def on_end(self, ev):
-            pass
+            def on_end(self, ev):
+                pass
 
-    listener = Listener()
-    event.register("numba:compile", listener)
-    return listener
+        _notice = CompileNotice()
+        event.register("numba:compile", _notice)
+    return _notice
+
+
+_notice = None
 
 
 def build_parser():
     from .backends import BACKEND_ORDER
-    from .optim import OPTIMIZERS
+    from .optim import DEFAULT_LR, OPTIMIZERS
 
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a character-level CharRNN language model")
     t.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: Python standard-library source)")
-    t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size h (default 256)")
-    t.add_argument("--seq-len", type=_positive_int, default=50, help="truncated-BPTT window T (default 50)")
-    t.add_argument("--batch", type=_positive_int, default=32, help="parallel streams n (default 32)")
+    lrs = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+    # Flags whose default is None here take TRAIN_DEFAULTS on a fresh run and the
+    # checkpoint's value with --resume (where giving a different one is an error).
+    t.add_argument("--hidden", type=_positive_int, default=None, help="hidden size h (default 256)")
+    t.add_argument("--seq-len", type=_positive_int, default=None, help="truncated-BPTT window T (default 50)")
+    t.add_argument("--batch", type=_positive_int, default=None, help="parallel streams n (default 32)")
     t.add_argument("--steps", type=_positive_int, default=3000, help="optimizer steps (default 3000)")
-    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: 3e-3 for adam)")
-    t.add_argument("--clip", type=_positive_float, default=5.0, help="clip gradients to [-CLIP, CLIP] (default 5)")
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None, help="(default adam)")
+    t.add_argument("--lr", type=_positive_float, default=None, help=f"learning rate (default: {lrs})")
+    t.add_argument("--clip", type=_positive_float, default=None, help="clip gradients to [-CLIP, CLIP] (default 5)")
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip by global norm instead")
     t.add_argument("--backend", choices=BACKEND_ORDER, default=None)
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--dtype", choices=("float32", "float64"), default=None, help="(default float32)")
     t.add_argument("--threads", type=_threads_arg, default=None, metavar="K",
                    help="BLAS threads, a positive integer or 'auto' (default: $FASTRNN_NUM_THREADS, else auto)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.05, help="held-out tail for validation (default 0.05)")
     t.add_argument("--out", default="model.npz", help="checkpoint path (default model.npz)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=500)
     t.add_argument("--resume", action="store_true", help="continue from --out instead of starting afresh")
+    t.add_argument("--force", action="store_true", help="start afresh even if --out exists, replacing it")
     t.add_argument("--plot", default=None, metavar="PNG", help="save a loss curve (needs matplotlib)")
-    t.add_argument("--sample-length", type=int, default=300, help="characters to sample at the end")
+    t.add_argument("--sample-length", type=_non_negative_int, default=300, help="characters to sample at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate text from a trained model")
@@ -102,7 +137,7 @@ def build_parser():
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--top-k", type=_positive_int, default=None)
     s.add_argument("--prime", default="")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=_non_negative_int, default=None)
     s.add_argument("--backend", choices=BACKEND_ORDER, default=None)
     s.add_argument("--threads", type=_threads_arg, default=None, metavar="K", help="BLAS threads (as for train)")
 
@@ -143,18 +178,42 @@ def _read_corpus(path):
     return text, path
 
 
+def _check_output(flag, path):
+    from .checkpoint import check_output_path
+
+    try:
+        check_output_path(path, what=flag)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _resume_command(args):
+    corpus = f" {args.corpus}" if args.corpus else ""
+    return f"fastrnn train{corpus} --out {args.out} --resume"
+
+
 def cmd_train(args):
     from . import CharRNN, get_backend, set_num_threads
     from .data import Vocab
-    from .train import Trainer
+    from .train import Trainer, TrainingInterrupted
 
+    # Everything that can be checked is checked before any work starts.
     if args.plot:
+        _check_output("--plot", args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
     if not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.resume and args.force:
+        raise UsageError("--resume continues --out and --force replaces it: give one of them")
+    _check_output("--out", args.out)
+    out_exists = Path(args.out).exists()
+    if args.resume and not out_exists:
+        raise UsageError(f"--resume: {args.out} does not exist; nothing to resume")
+    if out_exists and not (args.resume or args.force):
+        raise UsageError(f"{args.out} exists: pass --resume to continue training it, or --force to replace it")
     text, source = _read_corpus(args.corpus)
     vocab = Vocab.from_text(text)
     ids = vocab.encode(text)
@@ -170,33 +229,48 @@ def cmd_train(args):
         model = trainer.model
         if model.vocab != vocab:
             raise UsageError(f"{args.out}: was trained on a corpus with another vocabulary")
+        _refuse_conflicts(args, trainer)
+        print(f"fastrnn: resuming {args.out} from step {trainer.step_count}")
     else:
-        lr = args.lr if args.lr is not None else {"adam": 3e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}[args.optimizer]
-        model = CharRNN(vocab, args.hidden, dtype=args.dtype, seed=args.seed, backend=backend)
+        given = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+        cfg = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        model = CharRNN(vocab, cfg["hidden"], dtype=cfg["dtype"], seed=args.seed, backend=backend)
         trainer = Trainer(
-            model, train_ids, seq_len=args.seq_len, batch=args.batch, optimizer=args.optimizer, lr=lr,
-            clip=None if args.clip_norm else args.clip, clip_norm=args.clip_norm, val_ids=val_ids,
+            model, train_ids, seq_len=cfg["seq_len"], batch=cfg["batch"], optimizer=cfg["optimizer"], lr=args.lr,
+            clip=None if args.clip_norm else cfg["clip"], clip_norm=args.clip_norm, val_ids=val_ids,
         )
-    unigram = _entropy(train_ids, len(vocab))
+        if out_exists:
+            print(f"fastrnn: --force: {args.out} will be replaced")
+    baseline = float(np.log(len(vocab)))
     print(
         f"fastrnn: training on {source}: {len(ids):,} characters, vocabulary {len(vocab)}, "
-        f"h={model.hidden}, T={trainer.seq_len}, n={trainer.batch}, {model.dtype.name}, backend {backend}"
+        f"h={model.hidden}, T={trainer.seq_len}, n={trainer.batch}, {model.dtype.name}, backend {backend}, "
+        f"{trainer.optimizer_name} lr={trainer.optimizer.lr:g}"
     )
-    print(f"fastrnn: unigram entropy of the corpus {unigram:.3f} nats/char (the loss of a model that learned nothing)")
+    print(f"fastrnn: ln(vocabulary) = {baseline:.3f} nats/char is the loss of a model that learned nothing")
+    first = trainer.step_count
     t0 = time.perf_counter()
-    history = trainer.run(
-        args.steps, progress=not args.quiet, eval_every=max(args.steps // 5, 1),
-        checkpoint=args.out, checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        history = trainer.run(
+            args.steps, progress=not args.quiet, eval_every=max(args.steps // 5, 1),
+            checkpoint=args.out, checkpoint_every=args.checkpoint_every,
+        )
+    except TrainingInterrupted as exc:
+        resume = f"; resume with: {_resume_command(args)}" if exc.checkpoint else ""
+        print(f"fastrnn: {exc}{resume}", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
-    last = np.mean(history.loss[-50:])
-    line = f"fastrnn: {args.steps} steps in {elapsed:.1f} s; train loss {last:.3f} nats/char (last 50 steps)"
+    done = trainer.step_count - first
+    recent = history.loss[-min(50, done):] if done else []
+    line = f"fastrnn: {done} steps in {elapsed:.1f} s"
+    if recent:
+        line += f"; train loss {np.mean(recent):.3f} nats/char (mean of the last {len(recent)} steps)"
     if history.val_loss:
         line += f", validation {history.val_loss[-1]:.3f} (perplexity {np.exp(history.val_loss[-1]):.2f})"
     print(line)
     print(f"fastrnn: checkpoint written to {args.out}")
     if args.plot:
-        _plot(history, unigram, args.plot)
+        _plot(history, baseline, args.plot)
         print(f"fastrnn: loss curve written to {args.plot}")
     if args.sample_length > 0:
         print("fastrnn: a sample (temperature 0.8):")
@@ -204,13 +278,26 @@ def cmd_train(args):
     return 0
 
 
-def _entropy(ids, v):
-    p = np.bincount(ids, minlength=v) / len(ids)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+def _refuse_conflicts(args, trainer):
+    """With --resume the checkpoint decides; a flag that says otherwise is an error."""
+    model = trainer.model
+    clip_norm = trainer.clip_norm
+    stored = {
+        "hidden": model.hidden, "dtype": model.dtype.name, "seq_len": trainer.seq_len, "batch": trainer.batch,
+        "optimizer": trainer.optimizer_name, "lr": trainer.optimizer.lr,
+        "clip": None if clip_norm is not None else trainer.clip, "clip_norm": clip_norm,
+    }
+    for key, kept in stored.items():
+        given = getattr(args, key)
+        if given is not None and given != kept:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(
+                f"{flag} {given} conflicts with {args.out}, which was trained with {flag} {kept}; "
+                f"drop {flag} to resume, or train afresh with --force"
+            )
 
 
-def _plot(history, unigram, path):
+def _plot(history, baseline, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,27 +308,30 @@ def _plot(history, unigram, path):
     ax.plot(history.steps, history.smooth_loss, lw=1.5, label="smoothed")
     if history.val_loss:
         ax.plot(history.val_steps, history.val_loss, "o-", label="validation")
-    ax.axhline(unigram, ls="--", c="gray", label="unigram entropy")
+    ax.axhline(baseline, ls="--", c="gray", label="ln(vocabulary): nothing learned")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per character")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 
 def cmd_sample(args):
     from . import set_num_threads
-    from .model import CharRNN
+    from .checkpoint import load_model
 
     if args.threads is not None:
         set_num_threads(args.threads)
 
-    model = CharRNN.load(args.model, backend=args.backend)
+    model = load_model(args.model, backend=args.backend)
     try:
-        text = model.sample(args.length, prime=args.prime, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    except ValueError as exc:  # e.g. a prime character the model never saw
+        model.vocab.encode(args.prime)
+    except ValueError as exc:  # a prime character the model never saw
         raise UsageError(f"--prime: {exc}") from None
+    text = model.sample(args.length, prime=args.prime, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)
     return 0
 
@@ -289,17 +379,30 @@ def cmd_bench(args):
 
 
 def main(argv=None):
-    from .model import CheckpointError
+    from .checkpoint import CheckpointError
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends, "bench": cmd_bench}[args.command]
     try:
         return command(args)
-    except (UsageError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as exc:
+    except (UsageError, CheckpointError, TrainingDiverged, ValueError, TypeError, RuntimeError) as exc:
         print(f"fastrnn: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"fastrnn: error: out of memory{detail}; try a smaller --hidden, --batch or --seq-len", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fastrnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print("fastrnn: interrupted", file=sys.stderr)
+        return 130
+    except SystemError as exc:  # a Ctrl-C that landed inside a compiled kernel
+        if not isinstance(exc.__context__, KeyboardInterrupt):
+            raise
         print("fastrnn: interrupted", file=sys.stderr)
         return 130
 

@@ -69,6 +69,12 @@ class Batcher:
     the next. When a stream has no full window left, the walk restarts at the
     beginning and :meth:`next` reports ``reset=True``: the state must be zeroed.
     Arrays come out time-major, (T, n).
+
+    The wrap rule: window k is used while ``k·T + T ≤ L − 1`` (its last target is
+    inside the stream), so each pass has ``(L − 1) // T`` windows. min-char-rnn's
+    loop (one stream, ``n = 1``) wraps when ``p + T + 1 ≥ len(data)``, which skips
+    the last window when it would end exactly on the last character; the two
+    agree whenever ``(L − 1) % T ≠ 0``.
     """
 
     def __init__(self, ids, n, T):

@@ -2,19 +2,59 @@
 
 Every optimizer takes the Params it updates and ``step(grads)`` with a
 :class:`fastrnn.Grads` (only its U, W, V, b, c fields are used). State is kept
-in arrays of the parameters' dtype, and ``state_dict()`` / ``load_state_dict()``
-round-trip it exactly (for checkpoints).
+in arrays of the parameters' dtype. An optimizer describes itself with
+``config()`` (its hyperparameters, plain numbers) and is rebuilt with
+``type(opt)(params, **opt.config())``; ``state_dict()`` / ``load_state_dict()``
+round-trip its state exactly (for checkpoints).
+
+Hyperparameters are checked once, here, by :func:`check_hyperparameter`; the
+command line uses the same rules and words. ``step`` checks the gradients once
+per step (shape, dtype, and that they are finite: a NaN or Inf gradient raises
+:class:`TrainingDiverged` before any parameter changes).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ._params import Params
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS", "clip_by_value", "clip_by_global_norm"]
+__all__ = [
+    "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS", "DEFAULT_LR", "clip_by_value", "clip_by_global_norm",
+    "check_hyperparameter", "TrainingDiverged",
+]
 
 _FIELDS = Params._fields
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, a gradient or an updated parameter became NaN or Inf."""
+
+
+#: What each kind of hyperparameter must be, in the words of the error messages.
+RULES = {
+    "positive": "a positive number",  # finite and > 0: lr, eps, clip, clip_norm
+    "unit": "a number in [0, 1)",  # momentum, rho, beta1, beta2
+}
+
+
+def expectation(rule, value):
+    """None when ``value`` obeys ``rule`` (a key of :data:`RULES`), else what was expected."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return RULES[rule]
+    value = float(value)
+    ok = (math.isfinite(value) and value > 0) if rule == "positive" else (0 <= value < 1)
+    return None if ok else RULES[rule]
+
+
+def check_hyperparameter(name, value, rule):
+    """Return ``value`` as a float if it obeys ``rule``; else raise ValueError naming ``name``."""
+    wanted = expectation(rule, value)
+    if wanted is not None:
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return float(value)
 
 
 def _param_grads(grads):
@@ -23,6 +63,7 @@ def _param_grads(grads):
 
 def clip_by_value(grads, limit=5.0):
     """Clip every parameter gradient to [-limit, limit] in place (min-char-rnn's rule)."""
+    limit = check_hyperparameter("limit", limit, "positive")
     for g in _param_grads(grads):
         np.clip(g, -limit, limit, out=g)
     return grads
@@ -31,12 +72,18 @@ def clip_by_value(grads, limit=5.0):
 def clip_by_global_norm(grads, max_norm):
     """Scale all parameter gradients together so their joint L2 norm is at most
     ``max_norm``; returns the norm before clipping."""
+    max_norm = check_hyperparameter("max_norm", max_norm, "positive")
     norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in _param_grads(grads))))
     if norm > max_norm:
         scale = max_norm / norm
         for g in _param_grads(grads):
             g *= g.dtype.type(scale)
     return norm
+
+
+def _all_finite(a):
+    # min and max propagate NaN and see ±Inf: two reductions, no temporary array
+    return a.size == 0 or (math.isfinite(a.min()) and math.isfinite(a.max()))
 
 
 class Optimizer:
@@ -48,14 +95,38 @@ class Optimizer:
     def __init__(self, params, lr):
         if not isinstance(params, Params):
             raise TypeError(f"params must be a fastrnn.Params, got {type(params).__name__}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
         self.params = params
-        self.lr = float(lr)
+        self.lr = check_hyperparameter("lr", lr, "positive")
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p) for p in params] for s in self.slots}
 
+    def config(self):
+        """The hyperparameters, as keyword arguments that rebuild this optimizer."""
+        return {"lr": self.lr}
+
+    def check_grads(self, grads):
+        """Refuse gradients that do not match the parameters, or are not finite.
+
+        One check per array per step: shape and dtype (never broadcast, never
+        cast), then NaN/Inf, which raises :class:`TrainingDiverged`.
+        """
+        for k, p in zip(_FIELDS, self.params):
+            g = getattr(grads, k, None)
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"grads.{k} must be a numpy array like params.{k}, got {type(g).__name__}")
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(f"grads.{k} is {g.dtype}{g.shape}, params.{k} is {p.dtype}{p.shape}")
+        for k in _FIELDS:
+            if not _all_finite(getattr(grads, k)):
+                raise TrainingDiverged(f"grads.{k} contains NaN or Inf")
+
     def step(self, grads):
+        """Check ``grads`` (see :meth:`check_grads`), then update the parameters in place."""
+        self.check_grads(grads)
+        self.apply(grads)
+
+    def apply(self, grads):
+        """The update alone, for callers that have just called :meth:`check_grads`."""
         self.t += 1
         for i, (p, g) in enumerate(zip(self.params, _param_grads(grads))):
             self._update(i, p, g)
@@ -63,7 +134,8 @@ class Optimizer:
     def _update(self, i, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _c(self, p, x):
+    @staticmethod
+    def _scalar(p, x):
         """A Python number as a scalar of p's dtype, so float32 stays float32."""
         return p.dtype.type(x)
 
@@ -75,34 +147,51 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state):
-        self.t = int(state["t"])
-        self.lr = float(state["lr"])
+        t = np.asarray(state["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise ValueError(f"optimizer state t must be a non-negative integer, got {t!r}")
+        lr = check_hyperparameter("optimizer state lr", float(state["lr"]), "positive") if "lr" in state else self.lr
+        loaded = {}
         for s in self.slots:
             for k, a in zip(_FIELDS, self.state[s]):
                 src = np.asarray(state[f"{s}.{k}"])
                 if src.shape != a.shape or src.dtype != a.dtype:
                     raise ValueError(f"optimizer state {s}.{k} is {src.dtype}{src.shape}, expected {a.dtype}{a.shape}")
-                a[...] = src
+                if not _all_finite(src):
+                    raise ValueError(f"optimizer state {s}.{k} contains NaN or Inf")
+                loaded[s, k] = src
+        self.t, self.lr = int(t), lr
+        for s in self.slots:
+            for k, a in zip(_FIELDS, self.state[s]):
+                a[...] = loaded[s, k]
+
+
+#: The default learning rate of each optimizer, for the library and the command line alike.
+DEFAULT_LR = {"adam": 3e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}
 
 
 class SGD(Optimizer):
     """p -= lr·g; with momentum μ: v = μ·v + g, p -= lr·v; Nesterov: p -= lr·(g + μ·v)."""
 
-    def __init__(self, params, lr=0.1, momentum=0.0, nesterov=False):
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    def __init__(self, params, lr=DEFAULT_LR["sgd"], momentum=0.0, nesterov=False):
+        momentum = check_hyperparameter("momentum", momentum, "unit")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs a momentum > 0")
         self.slots = ("velocity",) if momentum else ()
         super().__init__(params, lr)
-        self.momentum, self.nesterov = momentum, nesterov
+        self.momentum, self.nesterov = momentum, bool(nesterov)
+
+    def config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
 
     def _update(self, i, p, g):
-        lr = self._c(p, self.lr)
+        lr = self._scalar(p, self.lr)
         if not self.momentum:
             p -= lr * g
             return
-        mu = self._c(p, self.momentum)
+        mu = self._scalar(p, self.momentum)
         v = self.state["velocity"][i]
         v *= mu
         v += g
@@ -114,14 +203,17 @@ class Adagrad(Optimizer):
 
     slots = ("sum_sq",)
 
-    def __init__(self, params, lr=0.1, eps=1e-8):
+    def __init__(self, params, lr=DEFAULT_LR["adagrad"], eps=1e-8):
         super().__init__(params, lr)
-        self.eps = eps
+        self.eps = check_hyperparameter("eps", eps, "positive")
+
+    def config(self):
+        return {"lr": self.lr, "eps": self.eps}
 
     def _update(self, i, p, g):
         m = self.state["sum_sq"][i]
         m += g * g
-        p -= self._c(p, self.lr) * g / np.sqrt(m + self._c(p, self.eps))
+        p -= self._scalar(p, self.lr) * g / np.sqrt(m + self._scalar(p, self.eps))
 
 
 class RMSprop(Optimizer):
@@ -129,16 +221,20 @@ class RMSprop(Optimizer):
 
     slots = ("mean_sq",)
 
-    def __init__(self, params, lr=1e-3, rho=0.9, eps=1e-8):
+    def __init__(self, params, lr=DEFAULT_LR["rmsprop"], rho=0.9, eps=1e-8):
         super().__init__(params, lr)
-        self.rho, self.eps = rho, eps
+        self.rho = check_hyperparameter("rho", rho, "unit")
+        self.eps = check_hyperparameter("eps", eps, "positive")
+
+    def config(self):
+        return {"lr": self.lr, "rho": self.rho, "eps": self.eps}
 
     def _update(self, i, p, g):
         m = self.state["mean_sq"][i]
-        rho = self._c(p, self.rho)
+        rho = self._scalar(p, self.rho)
         m *= rho
         m += (1 - rho) * g * g
-        p -= self._c(p, self.lr) * g / (np.sqrt(m) + self._c(p, self.eps))
+        p -= self._scalar(p, self.lr) * g / (np.sqrt(m) + self._scalar(p, self.eps))
 
 
 class Adam(Optimizer):
@@ -147,21 +243,50 @@ class Adam(Optimizer):
 
     slots = ("m", "s")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params, lr=DEFAULT_LR["adam"], betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, lr)
-        self.beta1, self.beta2 = betas
-        self.eps = eps
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.beta1 = check_hyperparameter("beta1", beta1, "unit")
+        self.beta2 = check_hyperparameter("beta2", beta2, "unit")
+        self.eps = check_hyperparameter("eps", eps, "positive")
+
+    def config(self):
+        return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps}
 
     def _update(self, i, p, g):
         m, s = self.state["m"][i], self.state["s"][i]
-        b1, b2 = self._c(p, self.beta1), self._c(p, self.beta2)
+        b1, b2 = self._scalar(p, self.beta1), self._scalar(p, self.beta2)
         m *= b1
         m += (1 - b1) * g
         s *= b2
         s += (1 - b2) * g * g
-        m_hat = m / self._c(p, 1 - self.beta1**self.t)
-        s_hat = s / self._c(p, 1 - self.beta2**self.t)
-        p -= self._c(p, self.lr) * m_hat / (np.sqrt(s_hat) + self._c(p, self.eps))
+        m_hat = m / self._scalar(p, 1 - self.beta1**self.t)
+        s_hat = s / self._scalar(p, 1 - self.beta2**self.t)
+        p -= self._scalar(p, self.lr) * m_hat / (np.sqrt(s_hat) + self._scalar(p, self.eps))
 
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam}
+
+
+def make_optimizer(name, params, kwargs=None):
+    """Build optimizer ``name`` (a key of :data:`OPTIMIZERS`) on ``params``.
+
+    ``kwargs`` are its constructor's keyword arguments; Adam also takes
+    ``beta1`` and/or ``beta2`` on their own (the other keeps its default).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    kwargs = dict(kwargs or {})
+    if name == "adam" and ("beta1" in kwargs or "beta2" in kwargs):
+        if "betas" in kwargs:
+            raise ValueError("give Adam either betas or beta1/beta2, not both")
+        kwargs["betas"] = (kwargs.pop("beta1", 0.9), kwargs.pop("beta2", 0.999))
+    try:
+        return OPTIMIZERS[name](params, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise TypeError(f"optimizer {name!r}: {exc}") from None
+        raise

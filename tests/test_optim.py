@@ -1,0 +1,150 @@
+"""Optimizers and clipping under bad hyperparameters and bad gradients (issue 12, items 2, 3, 10, 14)."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import optim
+
+SHAPES = [(3, 2), (2, 2), (2, 3), (2,), (3,)]
+
+
+def _params(dtype=np.float64, value=0.5):
+    return fastrnn.Params(*(np.full(s, value, dtype) for s in SHAPES))
+
+
+def _grads(dtype=np.float64, value=0.1, **replace):
+    g = fastrnn.Grads(*(np.full(s, value, dtype) for s in SHAPES), h0=None, X=None, A=None)
+    return g._replace(**replace)
+
+
+# -- item 2: one validation of hyperparameters ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: optim.SGD(p, lr=float("inf")), "lr must be a positive number, got inf"),
+        (lambda p: optim.SGD(p, lr=float("nan")), "lr must be a positive number"),
+        (lambda p: optim.SGD(p, lr=True), "lr must be a positive number"),
+        (lambda p: optim.SGD(p, momentum=1.0), r"momentum must be a number in \[0, 1\)"),
+        (lambda p: optim.Adam(p, betas=(1.0, 0.999)), r"beta1 must be a number in \[0, 1\), got 1.0"),
+        (lambda p: optim.Adam(p, betas=(0.9, -0.1)), r"beta2 must be a number in \[0, 1\)"),
+        (lambda p: optim.Adam(p, eps=0.0), "eps must be a positive number, got 0.0"),
+        (lambda p: optim.RMSprop(p, rho=1.5), r"rho must be a number in \[0, 1\), got 1.5"),
+        (lambda p: optim.RMSprop(p, eps=-1e-8), "eps must be a positive number"),
+        (lambda p: optim.Adagrad(p, eps=-1e-8), "eps must be a positive number"),
+    ],
+)
+def test_optimizers_refuse_bad_hyperparameters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(_params())
+
+
+@pytest.mark.parametrize("limit", [-1.0, 0.0, float("nan"), float("inf")])
+def test_clipping_refuses_bad_limits(limit):
+    g = _grads(value=3.0)
+    with pytest.raises(ValueError, match="limit must be a positive number"):
+        optim.clip_by_value(g, limit)
+    with pytest.raises(ValueError, match="max_norm must be a positive number"):
+        optim.clip_by_global_norm(g, limit)
+    assert all((a == 3.0).all() for a in g[:5])  # untouched
+
+
+def test_cli_and_library_share_the_rule_and_words():
+    from fastrnn.cli import _positive_float
+
+    for text in ["-1", "0", "nan", "inf", "x"]:
+        with pytest.raises(Exception, match="expected a positive number"):
+            _positive_float(text)
+        value = None if text == "x" else float(text)
+        assert optim.expectation("positive", value) == "a positive number"
+    assert _positive_float("0.5") == 0.5 and optim.expectation("positive", 0.5) is None
+
+
+# -- item 3: gradients are checked once per step ------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ({"U": np.full((1, 2), 0.1)}, ValueError, r"grads.U is float64\(1, 2\), params.U is float64\(3, 2\)"),
+        ({"W": np.float64(0.1)}, TypeError, "grads.W must be a numpy array"),
+        ({"W": np.array(0.1)}, ValueError, r"grads.W is float64\(\)"),
+        ({"V": np.full((2, 3), 0.1, np.float32)}, ValueError, r"grads.V is float32\(2, 3\), params.V is float64"),
+        ({"b": np.ones(2, np.int64)}, ValueError, r"grads.b is int64\(2,\)"),
+        ({"c": np.array([0.1, np.nan, 0.1])}, fastrnn.TrainingDiverged, "grads.c contains NaN or Inf"),
+        ({"U": np.full((3, 2), np.inf)}, fastrnn.TrainingDiverged, "grads.U contains NaN or Inf"),
+    ],
+)
+def test_optimizers_refuse_bad_gradients_and_change_nothing(name, bad, error, message):
+    p = _params()
+    kw = {"momentum": 0.9} if name == "sgd" else {}
+    o = optim.OPTIMIZERS[name](p, **kw)
+    with pytest.raises(error, match=message):
+        o.step(_grads(**bad))
+    assert o.t == 0
+    assert all((a == 0.5).all() for a in p)
+    assert all((s == 0).all() for slot in o.state.values() for s in slot)
+
+
+# -- item 10: optimizers describe and rebuild themselves ------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("sgd", {"lr": 0.3, "momentum": 0.8, "nesterov": True}),
+        ("adagrad", {"lr": 0.2, "eps": 1e-6}),
+        ("rmsprop", {"lr": 0.01, "rho": 0.8, "eps": 1e-7}),
+        ("adam", {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-7}),
+    ],
+)
+def test_config_rebuilds_the_optimizer(name, kwargs):
+    a = optim.OPTIMIZERS[name](_params(), **kwargs)
+    b = type(a)(_params(), **a.config())
+    assert b.config() == a.config()
+    for _ in range(3):
+        a.step(_grads())
+        b.step(_grads())
+    for x, y in zip(a.params, b.params):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_adam_takes_beta1_alone():
+    o = optim.make_optimizer("adam", _params(), {"beta1": 0.5})
+    assert (o.beta1, o.beta2) == (0.5, 0.999)
+    o = optim.make_optimizer("adam", _params(), {"beta2": 0.9})
+    assert (o.beta1, o.beta2) == (0.9, 0.9)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        optim.make_optimizer("sgd", _params(), {"rho": 0.9})
+
+
+def test_the_dtype_scalar_helper_is_not_named_like_the_bias():
+    assert not hasattr(optim.Optimizer, "_c")  # `c` is the output bias
+    assert optim.Optimizer._scalar(np.zeros(1, np.float32), 0.1).dtype == np.float32
+
+
+def test_load_state_dict_refuses_non_finite_state():
+    a = optim.Adam(_params())
+    a.step(_grads())
+    state = a.state_dict()
+    state["s.W"] = np.full((2, 2), np.nan)
+    with pytest.raises(ValueError, match="s.W contains NaN"):
+        optim.Adam(_params()).load_state_dict(state)
+
+
+# -- item 14: one default learning rate ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_library_and_cli_default_learning_rates_agree(name, tmp_path):
+    from fastrnn.cli import build_parser
+
+    vocab = fastrnn.Vocab.from_text("abcdefgh" * 20)
+    model = fastrnn.CharRNN(vocab, 4, seed=0)
+    trainer = fastrnn.Trainer(model, vocab.encode("abcdefgh" * 20), seq_len=5, batch=2, optimizer=name)
+    assert trainer.optimizer.lr == optim.DEFAULT_LR[name] == optim.OPTIMIZERS[name](_params()).lr
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert f"{name} {optim.DEFAULT_LR[name]:g}" in " ".join(help_text.split())
