@@ -29,6 +29,14 @@ typedef void (*dgemm_fn)(const char *, const char *, const int *, const int *, c
 static sgemm_fn sgemm_ptr = NULL;
 static dgemm_fn dgemm_ptr = NULL;
 
+int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below)
+{
+    return n * h * h < copy_wt_below;
+}
+
+/* The type of the accumulators for sums over all T·n rows (see kernels.inc). */
+#define ACC double
+
 int fastrnn_set_blas(void *sgemm, void *dgemm)
 {
     if (!sgemm || !dgemm) return FASTRNN_EBLAS;

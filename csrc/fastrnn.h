@@ -4,7 +4,11 @@
  * C-contiguous, row-major, time-major. Outputs come first, then inputs, then sizes.
  * Token-id inputs pass X = NULL and ids (T, n); dense inputs pass ids = NULL.
  * Every kernel returns 0, or a negative FASTRNN_E* code and touches nothing it
- * was not already allowed to write.
+ * was not already allowed to write. The caller allocates the arrays named here;
+ * the kernels malloc only small scratch (a copy of Wᵀ, double accumulators for
+ * the sums over all rows) and free it before they return.
+ * copy_wt_below: the backward recurrence multiplies by a contiguous copy of Wᵀ
+ * while n·h·h is below it, else by W transposed (fastrnn._config.COPY_WT_BELOW).
  * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran
  * sgemm and dgemm that numpy/scipy already ship, before any kernel runs.
  */
@@ -17,23 +21,28 @@
 #define FASTRNN_EBLAS -1
 #define FASTRNN_ESIZE -2
 #define FASTRNN_EINDEX -3
+#define FASTRNN_ENOMEM -4
 
 int fastrnn_set_blas(void *sgemm, void *dgemm);
 
-/* Hs (T+1, n, h): in Hs[0] = h0, out Hs[t] = H_t;  P (T, n, h): scratch, out X_t U. */
-int rnn_forward_f32(float *Hs, float *P, const float *U, const float *W, const float *b,
+/* 1 where the backward recurrence multiplies by a contiguous copy of Wᵀ for n rows
+ * (n·h·h < copy_wt_below), 0 where it uses W transposed. */
+int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below);
+
+/* Hs (T+1, n, h): in Hs[0] = h0, out Hs[t] = H_t;  XU (T, n, h): scratch, out X_t U. */
+int rnn_forward_f32(float *Hs, float *XU, const float *U, const float *W, const float *b,
                     const float *X, const int64_t *ids, int T, int n, int d, int h);
-int rnn_forward_f64(double *Hs, double *P, const double *U, const double *W, const double *b,
+int rnn_forward_f64(double *Hs, double *XU, const double *U, const double *W, const double *b,
                     const double *X, const int64_t *ids, int T, int n, int d, int h);
 
 /* G (T, n, h): in the non-recurrent part of dH_t, out dA_t.  dX (T, n, d): NULL skips it (and
  * must be NULL for ids). */
 int rnn_backward_f32(float *dU, float *dW, float *db, float *dh0, float *dX, float *G,
                      const float *Hs, const float *U, const float *W, const float *X,
-                     const int64_t *ids, int T, int n, int d, int h);
+                     const int64_t *ids, int T, int n, int d, int h, int64_t copy_wt_below);
 int rnn_backward_f64(double *dU, double *dW, double *db, double *dh0, double *dX, double *G,
                      const double *Hs, const double *U, const double *W, const double *X,
-                     const int64_t *ids, int T, int n, int d, int h);
+                     const int64_t *ids, int T, int n, int d, int h, int64_t copy_wt_below);
 
 /* The whole training step. loss: Σ −log Ŷ[y] (unscaled); O (T·n, v) and G scratch;
  * G ends as dA. Hs as for rnn_forward. */
@@ -41,18 +50,20 @@ int loss_and_grads_f32(double *loss, float *dU, float *dW, float *dV, float *db,
                        float *dh0, float *dX, float *G, float *Hs, float *O,
                        const float *U, const float *W, const float *V, const float *b,
                        const float *c, const float *X, const int64_t *ids,
-                       const int64_t *targets, float scale, int T, int n, int d, int h, int v);
+                       const int64_t *targets, float scale, int T, int n, int d, int h, int v,
+                       int64_t copy_wt_below);
 int loss_and_grads_f64(double *loss, double *dU, double *dW, double *dV, double *db, double *dc,
                        double *dh0, double *dX, double *G, double *Hs, double *O,
                        const double *U, const double *W, const double *V, const double *b,
                        const double *c, const double *X, const int64_t *ids,
-                       const int64_t *targets, double scale, int T, int n, int d, int h, int v);
+                       const int64_t *targets, double scale, int T, int n, int d, int h, int v,
+                       int64_t copy_wt_below);
 
-/* Probs (T·n, v): softmax(H_t V + c).  Hs and P as for rnn_forward. */
-int probs_f32(float *Probs, float *Hs, float *P, const float *U, const float *W, const float *V,
+/* Probs (T·n, v): softmax(H_t V + c).  Hs and XU as for rnn_forward. */
+int probs_f32(float *Probs, float *Hs, float *XU, const float *U, const float *W, const float *V,
               const float *b, const float *c, const float *X, const int64_t *ids,
               int T, int n, int d, int h, int v);
-int probs_f64(double *Probs, double *Hs, double *P, const double *U, const double *W,
+int probs_f64(double *Probs, double *Hs, double *XU, const double *U, const double *W,
               const double *V, const double *b, const double *c, const double *X,
               const int64_t *ids, int T, int n, int d, int h, int v);
 

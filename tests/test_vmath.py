@@ -69,8 +69,8 @@ def test_special_values(fast_backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exp_underflows_gradually(fast_backend, dtype):
-    nk = resolve(fast_backend)
     """Subnormal results are within one subnormal step of exact, and then exactly 0."""
+    nk = resolve(fast_backend)
     info = np.finfo(dtype)
     lo = np.log(np.longdouble(info.smallest_subnormal))
     z = np.linspace(float(lo) - 2, float(np.log(info.tiny)), 10_001).astype(dtype)

@@ -17,6 +17,14 @@ REQUESTED_BACKEND = os.environ.get(BACKEND_ENV, "").strip().lower() or None
 #: that may be reordered (a softmax row's) says so where it is defined.
 NUMBA_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
 
+#: The kernels' backward recurrence multiplies dA_{t+1} by a contiguous copy of
+#: Wᵀ while a step has fewer than this many multiply-adds (n·h·h), and by the
+#: transposed view of W from here on: OpenBLAS 0.3.30 took twice as long on the
+#: transposed view at the char32 and small sizes, and 8% less at medium and
+#: large (bench/compare.py figures in the README). Both fast backends read this
+#: one value (the C kernels take it as an argument).
+COPY_WT_BELOW = 1 << 20
+
 #: Environment variable fixing the BLAS threads of fastrnn's calls: a positive
 #: integer, or "auto" (the default: every core the process may use while the
 #: machine is otherwise idle, one thread while other work keeps it busy).

@@ -1,8 +1,10 @@
 """The C backend: csrc/ kernels compiled with cffi at install time.
 
 Same signatures and semantics as :mod:`fastrnn.backends.reference`. The
-wrappers allocate every buffer (so the C code allocates nothing), hand raw
-pointers to C, and turn C's error codes into exceptions. The matrix products
+wrappers allocate the inputs, outputs and the large scratch (states, logits,
+dA), hand pointers to C, and turn C's error codes into exceptions; the C code
+mallocs only small scratch of its own (a copy of Wᵀ, double accumulators) and
+frees it before it returns. The matrix products
 go to the Fortran sgemm/dgemm of the OpenBLAS that SciPy ships, whose
 addresses are handed to C once, at import.
 """
@@ -15,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .._config import COPY_WT_BELOW
 from .._fastrnn_c import ffi, lib  # ImportError when the extension was not built
 
 _ERRORS = {
     lib.FASTRNN_EBLAS: "no BLAS was registered",
     lib.FASTRNN_ESIZE: "a size is not positive",
     lib.FASTRNN_EINDEX: "a token id or target is out of range",
+    lib.FASTRNN_ENOMEM: "out of memory for the kernels' scratch",
 }
 _INT_MAX = 2**31 - 1
 
@@ -79,16 +83,21 @@ def _sizes(inputs, U, v=1):
 
 
 class _Args:
-    """Raw pointers for one call, keeping the arrays they point into alive."""
+    """Pointers for one call. Each is an ``ffi.from_buffer`` view, which holds a
+    reference to its array, and the views are kept on this object: the arrays
+    live at least as long as the _Args of the call."""
 
     def __init__(self, dtype):
-        self.ptr_type = _KERNELS[dtype][0]
+        self.array_type = _KERNELS[dtype][0].replace("*", "[]")
+        self.views = []
 
     def p(self, a):
         if a is None:
             return ffi.NULL
         assert a.flags.c_contiguous
-        return ffi.cast(self.ptr_type if a.dtype.kind == "f" else "int64_t *", a.ctypes.data)
+        view = ffi.from_buffer(self.array_type if a.dtype.kind == "f" else "int64_t[]", a)
+        self.views.append(view)
+        return view
 
 
 def _inputs(inputs):
@@ -109,9 +118,9 @@ def forward(U, W, b, inputs, h0):
     T, n, d, h = _sizes(inputs, U)
     X, ids = _inputs(inputs)
     Hs = _states(h0, T)
-    P = np.empty((T, n, h), dtype=U.dtype)
+    XU = np.empty((T, n, h), dtype=U.dtype)
     a = _Args(U.dtype)
-    _call(_KERNELS[U.dtype][1], a.p(Hs), a.p(P), a.p(U), a.p(W), a.p(b), a.p(X), a.p(ids), T, n, d, h)
+    _call(_KERNELS[U.dtype][1], a.p(Hs), a.p(XU), a.p(U), a.p(W), a.p(b), a.p(X), a.p(ids), T, n, d, h)
     return Hs[1:]
 
 
@@ -126,7 +135,7 @@ def backward(U, W, inputs, h0, H, dH):
     dX = None if ids is not None else np.empty((T, n, d), U.dtype)
     a = _Args(U.dtype)
     _call(_KERNELS[U.dtype][2], a.p(dU), a.p(dW), a.p(db), a.p(dh0), a.p(dX), a.p(G),
-          a.p(Hs), a.p(U), a.p(W), a.p(X), a.p(ids), T, n, d, h)
+          a.p(Hs), a.p(U), a.p(W), a.p(X), a.p(ids), T, n, d, h, COPY_WT_BELOW)
     return dU, dW, db, dh0, dX, G
 
 
@@ -146,7 +155,7 @@ def loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, params_only=False)
     a = _Args(dt)
     _call(_KERNELS[dt][3], loss, a.p(dU), a.p(dW), a.p(dV), a.p(db), a.p(dc), a.p(dh0), a.p(dX), a.p(G),
           a.p(Hs), a.p(O), a.p(U), a.p(W), a.p(V), a.p(b), a.p(c), a.p(X), a.p(ids), a.p(y),
-          dt.type(scale), T, n, d, h, v)
+          dt.type(scale), T, n, d, h, v, COPY_WT_BELOW)
     return scale * loss[0], dU, dW, dV, db, dc, dh0, dX, (None if params_only else G), Hs[T].copy()
 
 
@@ -155,10 +164,10 @@ def probs(U, W, V, b, c, inputs, h0):
     T, n, d, h = _sizes(inputs, U, v)
     X, ids = _inputs(inputs)
     Hs = _states(h0, T)
-    P = np.empty((T, n, h), U.dtype)
+    XU = np.empty((T, n, h), U.dtype)
     out = np.empty((T, n, v), U.dtype)
     a = _Args(U.dtype)
-    _call(_KERNELS[U.dtype][4], a.p(out), a.p(Hs), a.p(P), a.p(U), a.p(W), a.p(V), a.p(b), a.p(c),
+    _call(_KERNELS[U.dtype][4], a.p(out), a.p(Hs), a.p(XU), a.p(U), a.p(W), a.p(V), a.p(b), a.p(c),
           a.p(X), a.p(ids), T, n, d, h, v)
     return out, Hs[T].copy()
 

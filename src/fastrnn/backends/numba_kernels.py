@@ -1,4 +1,4 @@
-"""The Numba backend: the reference's math as fused, allocation-free loops.
+"""The Numba backend: the reference's math as fused loops around BLAS calls.
 
 Same signatures and semantics as :mod:`fastrnn.backends.reference`. Layout of
 the work for one training step (sizes T, n, d, h, v):
@@ -13,11 +13,20 @@ the work for one training step (sizes T, n, d, h, v):
   dO in place and accumulates the loss (and dc);
 * with ``params_only`` (:func:`_params_grads`) dO Vᵀ, dW and dU run over chunks
   of T/8 timesteps instead, so that dA is never held for all T at once;
-* tanh and exp are this module's own (below), so the loops vectorise.
+* tanh and exp are this module's own (below), so the loops vectorise;
+* the row-by-row sums over all T·n rows (db, dc, dU for token ids) accumulate
+  in float64 (see _ACC);
+* the backward recurrence multiplies by a contiguous copy of Wᵀ below
+  fastrnn._config.COPY_WT_BELOW multiply-adds per step (the C backend reads
+  the same constant).
+
+Fastmath: NUMBA_FLAGS (fastrnn._config) allows only 'contract'; the one
+kernel that adds 'reassoc' is _sum, and says why where it is defined.
 
 Inside Numba, ``np.dot`` calls SciPy's BLAS, which is why SciPy is a run-time
-dependency of this backend. Arithmetic stays in the arrays' dtype: no literal
-is allowed to promote float32 work to float64.
+dependency of this backend. Arithmetic stays in the arrays' dtype (no literal
+is allowed to promote float32 work to float64), except for the deliberate
+float64 accumulators of _ACC.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .._config import NUMBA_FLAGS
+from .._config import COPY_WT_BELOW, NUMBA_FLAGS
 
 # --------------------------------------------------------------------------
 # Elementwise math that vectorises.
@@ -184,17 +193,18 @@ def exp_array(z, out):
 
 
 # --------------------------------------------------------------------------
-# Building blocks. Each writes into buffers it is given and allocates nothing.
+# Building blocks. Each writes its results into buffers it is given; a few
+# allocate small scratch of their own (one (n, h) product, a copy of Wᵀ).
 # --------------------------------------------------------------------------
 
 
 @njit(**NUMBA_FLAGS)
-def _gather_rows(P, U, ids):
-    """P[t, i] = U[ids[t, i]]: X_t U for one-hot rows of X. P may be a view."""
+def _gather_rows(XU, U, ids):
+    """XU[t, i] = U[ids[t, i]]: X_t U for one-hot rows of X. XU may be a view."""
     T, n = ids.shape
     for t in range(T):
         for i in range(n):
-            P[t, i, :] = U[ids[t, i]]
+            XU[t, i, :] = U[ids[t, i]]
 
 
 @njit(**NUMBA_FLAGS)
@@ -214,18 +224,12 @@ def _recurrence_forward(Hs, W, b):
                 At[i, j] = vtanh(At[i, j] + HW[i, j] + b[j])  # H_t = tanh(X_t U + H_{t-1} W + b)
 
 
-#: Below this many multiply-adds (n·h·h) per step, the backward recurrence
-#: multiplies by a contiguous copy of Wᵀ: OpenBLAS 0.3.30 took twice as long on
-#: the transposed view at the char32 and small sizes, and 8% less at medium and
-#: large (bench/compare.py figures in the README).
-_COPY_WT_BELOW = 1 << 20
-
-
 @njit(**NUMBA_FLAGS)
 def _transposed_W(W, n):
-    """A contiguous copy of Wᵀ where that is faster for n rows, else an empty stand-in."""
+    """A contiguous copy of Wᵀ where that is faster for n rows (see
+    _config.COPY_WT_BELOW), else an empty stand-in."""
     h = W.shape[0]
-    if n * h * h < _COPY_WT_BELOW:
+    if n * h * h < COPY_WT_BELOW:
         return np.ascontiguousarray(W.T)
     return np.empty((0, 0), dtype=W.dtype)
 
@@ -235,7 +239,8 @@ def _recurrence_backward(G, H, W, WTc, carry, db):
     """Turn G[t] = the non-recurrent part of dH_t into dA_t, in place, for t descending.
 
     dH_t = G[t] + dA_{t+1} Wᵀ;  dA_t = dH_t ⊙ (1 − H_t²);  db += Σ_rows dA_t.
-    G, H: (m, n, h) for a run of consecutive steps (all T, or a chunk); carry
+    db is float64 whatever G's dtype (see _ACC). G, H: (m, n, h) for a run of
+    consecutive steps (all T, or a chunk); carry
     (n, h) comes in as dA Wᵀ of the step after the run (zeros after the last
     step) and leaves as dA Wᵀ of the run's first step: dh0 once the run reaches
     t = 1. WTc is _transposed_W(W, n): the copy, or empty for the view W.T.
@@ -258,10 +263,13 @@ def _steps_back(G, H, WT, carry, db):
                 y = Ht[i, j]
                 a = (Gt[i, j] + carry[i, j]) * (one - y * y)  # dA_t = dH_t ⊙ (1 − H_t²)
                 Gt[i, j] = a
-                db[j] += a  # db = Σ_t 1ᵀ dA_t
+                db[j] += a  # db = Σ_t 1ᵀ dA_t (a float64 sum)
         np.dot(Gt, WT, carry)  # dA_t Wᵀ, for step t−1 (after step 1 it is dh0)
 
 
+# The one kernel compiled with fastmath 'reassoc' besides NUMBA_FLAGS' 'contract'
+# (inlined into the softmax rows): a sum of exp values, all positive, is within
+# rounding in any order, and the vectoriser needs the freedom to keep partials.
 @njit(**{**NUMBA_FLAGS, "fastmath": {"contract", "reassoc"}})
 def _sum(x):
     """Σ x, in whatever order the vectoriser likes (many partial sums): the one
@@ -303,13 +311,12 @@ def _exp_shifted(row, c):
 def _softmax_xent(O, c, y, scale, dc):
     """Fused bias + softmax + cross-entropy over rows: O (m, v) holds H V and becomes dO.
 
-    dO = (softmax(O) − onehot(y)) · scale; dc = Σ_rows dO while each row is in
-    cache; returns Σ_rows −log Ŷ[y] (float64, not yet scaled). Each row is
-    shifted by its max so exp cannot overflow.
+    dO = (softmax(O) − onehot(y)) · scale; dc (float64, see _ACC) = Σ_rows dO
+    while each row is in cache; returns Σ_rows −log Ŷ[y] (float64, not yet
+    scaled). Each row is shifted by its max so exp cannot overflow.
     """
     m, v = O.shape
     total = 0.0
-    dc[:] = 0
     for r in range(m):
         row = O[r]
         logit_y = row[y[r]] + c[y[r]]
@@ -337,7 +344,7 @@ def _softmax_rows(O, c):
 
 @njit(**NUMBA_FLAGS)
 def _scatter_add_rows(dU, ids, dA):
-    """dU[ids[t, i]] += dA[t, i]: Σ_t X_tᵀ dA_t for one-hot rows of X."""
+    """dU[ids[t, i]] += dA[t, i]: Σ_t X_tᵀ dA_t for one-hot rows of X (dU float64, see _ACC)."""
     T, n = ids.shape
     for t in range(T):
         for i in range(n):
@@ -354,6 +361,12 @@ def _scatter_add_rows(dU, ids, dA):
 # The kernels below take dense inputs X (T, n, d) and token ids (T, n) as two
 # arguments, exactly one of them non-empty, so that each float dtype compiles
 # one specialisation serving both kinds of input.
+
+#: The sums that run row by row over all T·n rows (db, dc, and dU for token ids)
+#: accumulate in float64 and are rounded to the arrays' dtype once, at the end:
+#: in float32, one row at a time, they lost 3.9e-5 (relative) at 8.4M rows.
+#: The other sums over rows are BLAS products.
+_ACC = np.float64
 
 
 @njit(**NUMBA_FLAGS)
@@ -381,7 +394,7 @@ def _backward_from(G, Hs, U, W, X, ids):
     T, n, h = G.shape
     d = U.shape[0]
     dh0 = np.zeros((n, h), dtype=U.dtype)  # the carry: dA_{T+1} Wᵀ = 0, and dA_1 Wᵀ at the end
-    db = np.zeros(h, dtype=U.dtype)
+    db = np.zeros(h, dtype=_ACC)
     _recurrence_backward(G, Hs[1:], W, _transposed_W(W, n), dh0, db)
     dA = G.reshape(T * n, h)
     dW = np.dot(Hs[:T].reshape(T * n, h).T, dA)  # dW = Σ_t H_{t-1}ᵀ dA_t
@@ -389,22 +402,34 @@ def _backward_from(G, Hs, U, W, X, ids):
         dU = np.dot(X.reshape(T * n, d).T, dA)  # dU = Σ_t X_tᵀ dA_t
         dX = np.dot(dA, U.T).reshape(T, n, d)  # dX_t = dA_t Uᵀ
     else:
-        dU = np.zeros((d, h), dtype=U.dtype)
-        _scatter_add_rows(dU, ids, G)  # the same sum, for one-hot rows of X
+        dU_acc = np.zeros((d, h), dtype=_ACC)
+        _scatter_add_rows(dU_acc, ids, G)  # the same sum, for one-hot rows of X
+        dU = dU_acc.astype(U.dtype)
         dX = np.empty((0, 0, 0), dtype=U.dtype)
-    return dU, dW, db, dh0, dX
+    return dU, dW, db.astype(U.dtype), dh0, dX
 
 
 @njit(**NUMBA_FLAGS)
-def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale):
+def _forward_and_head(U, W, V, b, c, X, ids, targets, h0, scale):
+    """The opening both training steps share: the forward pass, the output
+    layer and the fused softmax-cross-entropy. Returns (Hs, dO (T·n, v), the
+    loss (unscaled), dV, dc)."""
     T, n = targets.shape
     h, v = V.shape
     Hs = _forward_states(U, W, b, X, ids, h0)
     H = Hs[1:].reshape(T * n, h)
     O = np.dot(H, V)  # H V, all steps at once (+ c is fused into the softmax)
-    dc = np.empty(v, dtype=V.dtype)
+    dc = np.zeros(v, dtype=_ACC)
     total = _softmax_xent(O, c, targets.reshape(T * n), scale, dc)  # O is now dO
     dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
+    return Hs, O, total, dV, dc.astype(V.dtype)
+
+
+@njit(**NUMBA_FLAGS)
+def _loss_and_grads(U, W, V, b, c, X, ids, targets, h0, scale):
+    T, n = targets.shape
+    h = V.shape[0]
+    Hs, O, total, dV, dc = _forward_and_head(U, W, V, b, c, X, ids, targets, h0, scale)
     G = np.empty((T, n, h), dtype=U.dtype)
     np.dot(O, V.T, G.reshape(T * n, h))  # the output's share of dH_t: dO_t Vᵀ
     dU, dW, db, dh0, dX = _backward_from(G, Hs, U, W, X, ids)
@@ -420,6 +445,12 @@ _MIN_CHUNK_ROWS = 256
 
 
 @njit(**NUMBA_FLAGS)
+def _chunk_steps(T, n):
+    """Timesteps per chunk of the params_only path: ⌈T/8⌉, at least ⌈256/n⌉, at most T."""
+    return min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))
+
+
+@njit(**NUMBA_FLAGS)
 def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     """The training step without dX and dA: the same numbers, less memory.
 
@@ -431,20 +462,15 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     """
     T, n = targets.shape
     d, h = U.shape
-    v = V.shape[1]
-    Hs = _forward_states(U, W, b, X, ids, h0)
-    H = Hs[1:].reshape(T * n, h)
-    O = np.dot(H, V)
-    dc = np.empty(v, dtype=V.dtype)
-    total = _softmax_xent(O, c, targets.reshape(T * n), scale, dc)  # O is now dO
-    dV = np.dot(H.T, O)  # dV = Σ_t H_tᵀ dO_t
+    Hs, O, total, dV, dc = _forward_and_head(U, W, V, b, c, X, ids, targets, h0, scale)
 
-    steps = min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))
+    steps = _chunk_steps(T, n)
     G = np.empty((steps, n, h), dtype=U.dtype)
     carry = np.zeros((n, h), dtype=U.dtype)  # dA_{t+1} Wᵀ; 0 after the last step
     dW = np.zeros((h, h), dtype=U.dtype)
-    db = np.zeros(h, dtype=U.dtype)
-    dU = np.zeros((d, h), dtype=U.dtype)
+    db = np.zeros(h, dtype=_ACC)
+    dU = np.zeros((0, 0) if ids.size else (d, h), dtype=U.dtype)  # dense inputs: BLAS products added per chunk
+    dU_acc = np.zeros((d, h) if ids.size else (0, 0), dtype=_ACC)  # token ids: a float64 sum
     part_hh = np.empty((h, h), dtype=U.dtype)
     part_dh = np.empty((d, h), dtype=U.dtype)
     WTc = _transposed_W(W, n)
@@ -462,9 +488,11 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
             np.dot(X[t0:t1].reshape(m * n, d).T, rows, part_dh)  # Σ_chunk X_tᵀ dA_t
             dU += part_dh
         else:
-            _scatter_add_rows(dU, ids[t0:t1], Gc)
+            _scatter_add_rows(dU_acc, ids[t0:t1], Gc)
         t1 = t0
-    return total, dU, dW, dV, db, dc, carry, Hs[T].copy()
+    if ids.size:
+        dU = dU_acc.astype(U.dtype)
+    return total, dU, dW, dV, db.astype(U.dtype), dc, carry, Hs[T].copy()
 
 
 @njit(**NUMBA_FLAGS)
