@@ -254,3 +254,96 @@ def test_cli_says_once_that_numba_compiles(capsys, monkeypatch):
     finally:
         event.unregister("numba:compile", listener)
     assert capsys.readouterr().out.count("fastrnn: compiling the Numba kernels") == 1
+
+
+# -- a large step split over the cores by blocks of rows (backends/_parallel) --------
+
+_parallel = importlib.import_module("fastrnn.backends._parallel")
+
+
+def test_which_steps_are_split():
+    # medium (T, n, d, h, v) = (100, 64, 256, 256, 256), large, small, char32 split on 2 cores; char does not
+    assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=2) == 2
+    assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=2) == 2
+    assert _parallel.blocks(100, 128, 512, 1024, 512, ncpu=16) == 8  # 16 rows per block at least
+    assert _parallel.blocks(50, 32, 64, 128, 64, ncpu=2) == 2
+    assert _parallel.blocks(25, 32, 0, 100, 65, ncpu=2) == 2
+    assert _parallel.blocks(25, 1, 0, 100, 65, ncpu=2) == 1  # char: one sequence
+    assert _parallel.blocks(25, 32, 0, 40, 65, ncpu=2) == 1  # too little work: 4.2M multiply-adds
+    assert _parallel.blocks(100, 64, 256, 256, 256, ncpu=1) == 1
+    assert _parallel.blocks(1000, 24, 256, 256, 256, ncpu=2) == 1  # too few rows to halve
+
+
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("params_only", [False, True])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_split_steps_agree_with_the_reference_and_with_any_thread_count(monkeypatch, backend, params_only, ids):
+    from cases import rel_err
+
+    monkeypatch.setattr(_parallel, "SPLIT_ABOVE", 0)
+    monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
+    monkeypatch.setattr(_threads, "NCPU", 3)  # 7 rows -> blocks of 2, 2 and 3 rows
+    params, x, y, h0 = _batch(T=5, n=7, d=6, h=9, v=4, seed=4)
+    if ids:
+        x = np.random.default_rng(1).integers(0, 6, (5, 7))
+    assert _parallel.blocks(5, 7, 0 if ids else 6, 9, 4) == 3
+    want = fastrnn.loss_and_grads(params, x, y, h0=h0, params_only=params_only, backend="numpy")
+    runs = []
+    for k in (1, 2, 3):
+        fastrnn.set_num_threads(k)
+        runs.append(fastrnn.loss_and_grads(params, x, y, h0=h0, params_only=params_only, backend=backend))
+    loss, g, h_last = runs[0]
+    assert abs(loss - want[0]) <= 1e-12 * abs(want[0])
+    for a, e in zip(g, want[1]):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert rel_err(a, e) < 1e-12
+    assert rel_err(h_last, want[2]) < 1e-12
+    for other in runs[1:]:
+        assert other[0] == loss and np.array_equal(other[2], h_last)
+        for a, e in zip(other[1], g):
+            assert (a is None and e is None) or np.array_equal(a, e)
+
+
+@needs_blas
+def test_auto_keeps_every_core_for_split_steps_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(_threads, "NCPU", 2)
+    monkeypatch.setattr(_threads, "_auto", 1)  # other processes keep a core busy
+    monkeypatch.setattr(_threads, "_next", float("inf"))
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert _threads.current() == 1  # BLAS pools spin: one thread
+        assert _threads.cores() == 2  # split blocks wait without spinning: both cores
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert _threads.cores() == 1  # the caller's limit
+    fastrnn.set_num_threads(3)
+    assert _threads.cores() == 3 and _threads.current() == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_can_split_steps(monkeypatch):
+    """The pool's threads are not copied into a forked child: it must start its own, not hang."""
+    monkeypatch.setattr(_parallel, "SPLIT_ABOVE", 0)
+    monkeypatch.setattr(_threads, "NCPU", 2)
+    fastrnn.set_num_threads(2)
+    params, x, y, h0 = _batch(T=4, n=4, d=3, h=5, v=3)
+    monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
+    want = fastrnn.loss_and_grads(params, x, y, h0=h0)[0]  # the parent's pool now exists
+    assert _parallel._pool is not None
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the split step finishes and agrees
+        code = 1
+        try:
+            code = 0 if fastrnn.loss_and_grads(params, x, y, h0=h0)[0] == want else 1
+        finally:
+            os._exit(code)
+    deadline = __import__("time").monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if __import__("time").monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on a split step")
+        __import__("time").sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

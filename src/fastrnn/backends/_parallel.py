@@ -20,6 +20,7 @@ order. Results are therefore bit-identical for any thread count.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +48,16 @@ def blocks(T, n, d, h, v, ncpu=None):
     if ncpu < 2 or T * n * (d * h + h * h + h * v) < SPLIT_ABOVE:
         return 1
     return max(1, min(ncpu, n // MIN_ROWS))
+
+
+def _forget_pool():
+    """In a forked child the pool's threads do not exist: start a new pool on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _executor():
