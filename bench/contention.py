@@ -137,7 +137,7 @@ TORCH_TRAIN = textwrap.dedent(
 
 def _fastrnn_cmd(args, out):
     cmd = [sys.executable, "-m", "fastrnn", "train", str(args.corpus), "--steps", str(args.steps), "--quiet",
-           "--sample-length", "0", "--val-fraction", "0", "--checkpoint-every", str(10**9), "--out", out]
+           "--sample-length", "0", "--val-fraction", "0", "--checkpoint-every", str(10**9), "--out", out, "--force"]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     return cmd
