@@ -19,6 +19,7 @@ from cases import ALL_BACKENDS, OTHER_BACKENDS
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 seam = importlib.import_module("fastrnn.backends")  # the module; fastrnn.backends is also a function
+_parallel = importlib.import_module("fastrnn.backends._parallel")
 
 needs_blas = pytest.mark.skipif(_threads.blas_threads() is None, reason="SciPy's OpenBLAS exports were not found")
 
@@ -206,11 +207,13 @@ def test_trainer_threads(monkeypatch):
 
 
 @needs_blas
+@pytest.mark.parametrize("T", [2, 12])  # one block, BLAS threads in each product; two row blocks (_parallel)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_results_are_bit_identical_for_one_and_two_threads(backend, dtype):
+def test_results_are_bit_identical_for_one_and_two_threads(backend, dtype, T):
     """Big enough that OpenBLAS splits every product between the threads it has."""
-    params, x, y, h0 = _batch(T=12, n=64, d=96, h=160, v=80, dtype=dtype, seed=3)
+    assert _parallel.blocks(T, 64, 96, 160, 80, ncpu=2) == (1 if T == 2 else 2)
+    params, x, y, h0 = _batch(T=T, n=64, d=96, h=160, v=80, dtype=dtype, seed=3)
     results = []
     for k in (1, 2):
         fastrnn.set_num_threads(k)
@@ -257,8 +260,6 @@ def test_cli_says_once_that_numba_compiles(capsys, monkeypatch):
 
 
 # -- a large step split over the cores by blocks of rows (backends/_parallel) --------
-
-_parallel = importlib.import_module("fastrnn.backends._parallel")
 
 
 def test_which_steps_are_split():
