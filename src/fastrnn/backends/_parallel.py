@@ -35,6 +35,12 @@ from .. import _threads
 #: of 30): the step's thread in a 2-block split spent 0.61 (char32), 0.54
 #: (small, medium) of the CPU time of the unsplit step on one thread.
 SPLIT_ABOVE = 1 << 23
+#: From this many multiply-adds on (large: 26G) the products dominate, OpenBLAS's
+#: own threads divide them as well, and the blocks' input copies and extra sums
+#: cost more than the elementwise passes gain: one block. Measured quiet, 2
+#: cores, 2-block split ÷ one block with 2 BLAS threads: char32 0.80, small
+#: 0.74 (f64 0.58), medium 0.92 (f64 0.84), large 1.06 (f64 1.01).
+SPLIT_BELOW = 1 << 33
 #: Fewest rows of the batch per block: thinner per-timestep products run below BLAS speed.
 MIN_ROWS = 16
 
@@ -45,7 +51,8 @@ _pool_lock = threading.Lock()
 def blocks(T, n, d, h, v, ncpu=None):
     """Number of row blocks for a step of these sizes (1: no split)."""
     ncpu = _threads.NCPU if ncpu is None else ncpu
-    if ncpu < 2 or T * n * (d * h + h * h + h * v) < SPLIT_ABOVE:
+    work = T * n * (d * h + h * h + h * v)
+    if ncpu < 2 or not SPLIT_ABOVE <= work < SPLIT_BELOW:
         return 1
     return max(1, min(ncpu, n // MIN_ROWS))
 
