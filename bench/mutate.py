@@ -65,8 +65,8 @@ MUTANTS = [
     Mutant("nb-wt-cutoff-le", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h <= COPY_WT_BELOW:"),
     Mutant("nb-wt-cutoff-flip", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h >= COPY_WT_BELOW:"),
     Mutant("nb-wt-copy-untransposed", NUMBA, "return np.ascontiguousarray(W.T)", "return np.ascontiguousarray(W)"),
-    Mutant("nb-wt-view-untransposed", NUMBA, "_steps_back(G, H, W.T, carry, db)", "_steps_back(G, H, W, carry, db)"),
-    Mutant("nb-wt-size-flip", NUMBA, "    if WTc.size:\n", "    if not WTc.size:\n"),
+    Mutant("nb-wt-view-untransposed", NUMBA, "np.dot(Gt, W.T, carry)", "np.dot(Gt, W, carry)"),
+    Mutant("nb-wt-size-flip", NUMBA, "if WTc.size:  # dA_t", "if not WTc.size:  # dA_t"),
     # ---- Numba: other transposes
     Mutant("nb-dV-transpose", NUMBA, "dV = np.dot(H.T, O)", "dV = np.dot(H, O.T)"),
     Mutant("nb-dOVT-transpose", NUMBA, "np.dot(O, V.T, G.reshape(T * n, h))", "np.dot(O, V, G.reshape(T * n, h))"),

@@ -61,6 +61,42 @@ _positive_float = _hyperparameter("positive")
 TRAIN_DEFAULTS = {"hidden": 256, "seq_len": 50, "batch": 32, "optimizer": "adam", "dtype": "float32", "clip": 5.0}
 
 
+def _threads_arg(text):
+    from ._threads import check
+
+    try:
+        return check(text, "--threads") or "auto"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _say_when_compiling():
+    """Print one line when Numba starts compiling (a cold cache), so that a long
+    first step is explained. One listener per process, however often called."""
+    global _notice
+    if _notice is None:
+        from numba.core import event
+
+        class CompileNotice(event.Listener):
+            said = False
+
+            def on_start(self, ev):
+                if not self.said:
+                    self.said = True
+                    print("fastrnn: compiling the Numba kernels for this machine "
+                          "(once; later runs load them from the cache)...", flush=True)
+
+            def on_end(self, ev):
+                pass
+
+        _notice = CompileNotice()
+        event.register("numba:compile", _notice)
+    return _notice
+
+
+_notice = None
+
+
 def build_parser():
     from .backends import BACKEND_ORDER
     from .optim import DEFAULT_LR, OPTIMIZERS
@@ -83,6 +119,8 @@ def build_parser():
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip by global norm instead")
     t.add_argument("--backend", choices=BACKEND_ORDER, default=None)
     t.add_argument("--dtype", choices=("float32", "float64"), default=None, help="(default float32)")
+    t.add_argument("--threads", type=_threads_arg, default=None, metavar="K",
+                   help="BLAS threads, a positive integer or 'auto' (default: $FASTRNN_NUM_THREADS, else auto)")
     t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.05, help="held-out tail for validation (default 0.05)")
     t.add_argument("--out", default="model.npz", help="checkpoint path (default model.npz)")
@@ -101,6 +139,7 @@ def build_parser():
     s.add_argument("--prime", default="")
     s.add_argument("--seed", type=_non_negative_int, default=None)
     s.add_argument("--backend", choices=BACKEND_ORDER, default=None)
+    s.add_argument("--threads", type=_threads_arg, default=None, metavar="K", help="BLAS threads (as for train)")
 
     sub.add_parser("backends", help="list the backends available here, default first")
 
@@ -156,7 +195,8 @@ def _resume_command(args):
 
 
 def cmd_train(args):
-    from . import CharRNN, get_backend
+    from . import CharRNN, get_backend, set_num_threads
+    from ._config import REQUESTED_THREADS
     from .data import Vocab
     from .train import Trainer, TrainingInterrupted
 
@@ -184,6 +224,16 @@ def cmd_train(args):
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     backend = args.backend or get_backend()
     comm = getattr(args, "comm", None)
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    elif comm is not None and REQUESTED_THREADS is None:
+        # the machine's cores shared among the ranks on it
+        from ._threads import NCPU
+        from .distributed import local_size
+
+        set_num_threads(max(1, NCPU // local_size(comm)))
+    if backend == "numba":
+        _say_when_compiling()
     if args.resume:
         trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend, comm=comm)
         model = trainer.model
@@ -290,7 +340,11 @@ def _plot(history, baseline, path):
 
 
 def cmd_sample(args):
+    from . import set_num_threads
     from .checkpoint import load_model
+
+    if args.threads is not None:
+        set_num_threads(args.threads)
 
     model = load_model(args.model, backend=args.backend)
     try:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim
+from . import _threads, api, optim
 from .api import predict_proba
 from .checkpoint import CheckpointError, check_output_path, load_checkpoint, save_checkpoint
 from .data import Batcher
+from .model import CharRNN
 from .optim import TrainingDiverged
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "History", "evaluate"]
@@ -148,7 +149,13 @@ class Trainer:
 
     ``lr=None`` takes the optimizer's default, :data:`fastrnn.optim.DEFAULT_LR`
     (the command line's default too). ``optimizer_args`` are the optimizer's
-    other keyword arguments.
+    other keyword arguments. ``threads`` fixes the BLAS threads of this
+    trainer's steps (a positive integer); None follows
+    :func:`fastrnn.set_num_threads` (default: auto).
+
+    The parameters are checked once (again if ``model.params`` is replaced);
+    each step then checks only its batch.
+
 
     ``comm`` (an mpi4py communicator, see :mod:`fastrnn.distributed`) trains
     data-parallel: every rank runs this same code, takes its slice of the
@@ -163,7 +170,7 @@ class Trainer:
     def __init__(
         self, model, train_ids, *, seq_len=50, batch=32, optimizer="adam", lr=None,
         clip=5.0, clip_norm=None, val_ids=None, optimizer_args=None, reduction="mean",
-        comm=None, sync_every=100,
+        threads=None, comm=None, sync_every=100,
     ):
         if not all(hasattr(model, a) for a in ("params", "vocab", "zero_state", "loss_and_grads")):
             raise TypeError(f"model must be a fastrnn.CharRNN, got {type(model).__name__}")
@@ -193,6 +200,8 @@ class Trainer:
         self._diverged = False
         self._saved_at = None  # (path, step) of the last checkpoint this trainer wrote
         self.history = History()
+        self.threads = _threads.check(threads)  # None: the global setting
+        self._seen_params = self._checked = None
         self.comm = comm
         self._stop_requested = lambda: False  # run() replaces it with its Ctrl-C flag
         self._stop_all = False  # under MPI: some rank asked to stop at this step
@@ -219,8 +228,24 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------
     def _loss_and_grads(self, x, y, h0):
-        """The one call into the numerical API per step."""
-        return self.model.loss_and_grads(x, y, h0=h0, reduction=self.reduction)
+        """The one call into the numerical API per step: parameters checked once, the batch every step."""
+        with _threads.using(self.threads):
+            params = self._trusted_params()
+            if params is None:
+                return self.model.loss_and_grads(x, y, h0=h0, reduction=self.reduction)
+            return api._step_loss_and_grads(params, x, y, h0, self.model.backend, self.reduction)
+
+    def _trusted_params(self):
+        """The model's parameters, checked when first seen (again if they are
+        replaced); None when checking copied them (so each step must check), or
+        when the model is not a plain CharRNN (its own loss_and_grads is called)."""
+        model = self.model
+        if "loss_and_grads" in vars(model) or getattr(type(model), "loss_and_grads", None) is not CharRNN.loss_and_grads:
+            return None
+        if model.params is not self._seen_params:
+            p, same = api._checked_params(model.params)
+            self._seen_params, self._checked = model.params, (p if same else None)
+        return self._checked
 
     def step(self):
         if self._diverged:
@@ -383,7 +408,8 @@ class Trainer:
         """The loss on ``val_ids`` now; recorded in the history."""
         if self.val_ids is None:
             raise ValueError("validate() needs held-out tokens: pass val_ids= to the Trainer")
-        loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
+        with _threads.using(self.threads):
+            loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
         self.history.val_steps.append(self.step_count)
         self.history.val_loss.append(loss)
         return loss
@@ -415,7 +441,7 @@ class Trainer:
         self._saved_at = (path, self.step_count)
 
     @classmethod
-    def resume(cls, path, train_ids, *, val_ids=None, backend=None, comm=None):
+    def resume(cls, path, train_ids, *, val_ids=None, backend=None, threads=None, comm=None):
         """Continue from a checkpoint written by :meth:`save`, on the same tokens.
         The continued run is bit-identical to one that never stopped, with the
         same number of ranks. With another number (``comm``; every rank reads
@@ -429,7 +455,7 @@ class Trainer:
             trainer = cls(
                 model, train_ids, seq_len=meta["seq_len"], batch=meta["batch"], optimizer=meta["optimizer"],
                 lr=optimizer.lr, clip=meta["clip"], clip_norm=meta["clip_norm"], val_ids=val_ids,
-                reduction=meta.get("reduction", "mean"), comm=comm,
+                reduction=meta.get("reduction", "mean"), threads=threads, comm=comm,
             )
         except KeyError as exc:
             raise CheckpointError(f"{path}: not a training checkpoint (missing {exc})") from None
