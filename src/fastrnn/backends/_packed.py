@@ -23,6 +23,7 @@ is one product.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
@@ -266,3 +267,9 @@ def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, 
     h_last = _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
     dh0 = _unsort(dh0.swapaxes(0, 1), p).swapaxes(0, 1).copy()
     return scale * total, grads, dV, dc, dh0, dX, dAs, h_last
+
+
+def bind(kernels):
+    """A backend's four entry points (deep_loss_and_grads, deep_probs,
+    deep_forward, deep_backward) on its layer ``kernels``."""
+    return tuple(functools.partial(f, kernels) for f in (deep_loss_and_grads, deep_probs, deep_forward, deep_backward))

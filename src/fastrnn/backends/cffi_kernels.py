@@ -197,25 +197,12 @@ def exp_array(z, out):
 # --------------------------------------------------------------------------
 
 
-def deep_loss_and_grads(*args, **kw):
-    from .cffi_packed import deep_loss_and_grads
-
-    return deep_loss_and_grads(*args, **kw)
+_DEEP = ("deep_loss_and_grads", "deep_forward", "deep_backward", "deep_probs")
 
 
-def deep_forward(*args, **kw):
-    from .cffi_packed import deep_forward
+def __getattr__(name):  # PEP 562: the deep_* kernels, imported when first asked for
+    if name in _DEEP:
+        from . import cffi_packed
 
-    return deep_forward(*args, **kw)
-
-
-def deep_backward(*args, **kw):
-    from .cffi_packed import deep_backward
-
-    return deep_backward(*args, **kw)
-
-
-def deep_probs(*args, **kw):
-    from .cffi_packed import deep_probs
-
-    return deep_probs(*args, **kw)
+        return getattr(cffi_packed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -223,18 +223,4 @@ def head_probs(tops, V, c):
 
 KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
 
-
-def deep_loss_and_grads(*args, **kw):
-    return _packed.deep_loss_and_grads(KERNELS, *args, **kw)
-
-
-def deep_probs(*args):
-    return _packed.deep_probs(KERNELS, *args)
-
-
-def deep_forward(*args):
-    return _packed.deep_forward(KERNELS, *args)
-
-
-def deep_backward(*args, **kw):
-    return _packed.deep_backward(KERNELS, *args, **kw)
+deep_loss_and_grads, deep_probs, deep_forward, deep_backward = _packed.bind(KERNELS)
