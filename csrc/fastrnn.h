@@ -5,8 +5,8 @@
  * Token-id inputs pass X = NULL and ids (T, n); dense inputs pass ids = NULL.
  * Every kernel returns 0, or a negative FASTRNN_E* code and touches nothing it
  * was not already allowed to write. The caller allocates the arrays named here;
- * the kernels malloc only small scratch (a copy of Wᵀ, double accumulators for
- * the sums over all rows) and free it before they return.
+ * the kernels malloc only small scratch, a copy of Wᵀ and double accumulators
+ * for the sums over all rows, and free it before they return.
  * copy_wt_below: the backward recurrence multiplies by a contiguous copy of Wᵀ
  * while n·h·h is below it, else by W transposed (fastrnn._config.COPY_WT_BELOW).
  * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran

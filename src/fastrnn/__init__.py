@@ -6,7 +6,7 @@ The same math runs on several backends ('numba', 'c', 'numpy'); the numpy one is
 the readable reference every other is tested against. See :func:`backends`.
 """
 
-from ._params import Grads, LayerGrads, Params, init_params
+from ._params import Cell, DeepGrads, DeepParams, Grads, LayerGrads, Params, init_params
 from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
 from .backends import backends, get_backend, set_backend, unavailable
 from .data import Batcher, Vocab
@@ -22,6 +22,9 @@ __all__ = [
     "Params",
     "Grads",
     "LayerGrads",
+    "Cell",
+    "DeepParams",
+    "DeepGrads",
     "init_params",
     "loss_and_grads",
     "predict_proba",

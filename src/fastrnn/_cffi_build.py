@@ -35,7 +35,7 @@ ffibuilder.set_source(
     '#include "fastrnn.h"',
     sources=[os.path.relpath(CSRC / "fastrnn.c", ROOT)],
     include_dirs=[os.path.relpath(CSRC, ROOT)],
-    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "vmath.h")],
+    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "packed.inc", "vmath.h")],
     # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
     # -fno-trapping-math changes no result: it lets GCC compute both sides of a
     # select (as vmath.h asks) even though one side might raise an FP flag

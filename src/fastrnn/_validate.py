@@ -227,3 +227,140 @@ def check_reduction(reduction, T, n):
     if reduction == "sum":
         return 1.0
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+# --------------------------------------------------------------------------
+# The general model (lengths, ignored targets, relu, layers, directions).
+# --------------------------------------------------------------------------
+
+
+def check_nonlinearity(value, name="nonlinearity"):
+    """'tanh' or 'relu'; returns True for relu."""
+    if not isinstance(value, str) or value not in ("tanh", "relu"):
+        raise ValueError(f"{name} must be 'tanh' or 'relu', got {value!r}")
+    return value == "relu"
+
+
+def check_deep_params(params):
+    """Validate a DeepParams; returns (flat contiguous cells [(U, W, b)] in torch's order, D, V, c, relu).
+
+    Layer 0's U is (d, h); every later layer's U must be (D·h, h): it reads the
+    layer below, directions concatenated. The head's V is (D·h, v).
+    """
+    layers = params.layers
+    if isinstance(layers, np.ndarray) or not isinstance(layers, (tuple, list)) or len(layers) == 0:
+        raise ValueError("params.layers must hold at least one layer (num_layers >= 1), got none")
+    D = len(layers[0]) if isinstance(layers[0], (tuple, list)) else 0
+    if D not in (1, 2):
+        raise ValueError(
+            "params.layers[0] must be a tuple of 1 Cell (forward) or 2 Cells (forward, reversed), "
+            f"got {layers[0]!r:.80}"
+        )
+    relu = check_nonlinearity(params.nonlinearity, "params.nonlinearity")
+    named = []
+    for l, cells in enumerate(layers):
+        if not isinstance(cells, (tuple, list)) or len(cells) != D:
+            raise ValueError(f"params.layers[{l}] must hold {D} Cell(s) like params.layers[0], got {cells!r:.80}")
+        for k, cell in enumerate(cells):
+            if isinstance(cell, np.ndarray) or not hasattr(cell, "__len__") or len(cell) != 3:
+                raise TypeError(f"params.layers[{l}][{k}] must be a fastrnn.Cell(U, W, b), got {type(cell).__name__}")
+            named += [(f"params.layers[{l}][{k}].{f}", a) for f, a in zip("UWb", cell)]
+    named += [("params.V", params.V), ("params.c", params.c)]
+    arrays, dtype = check_weights(named)
+    U0 = arrays[0]
+    if U0.ndim != 2 or min(U0.shape) < 1:
+        raise ValueError(f"params.layers[0][0].U must have shape (d, h) with d, h >= 1, got {U0.shape}")
+    d, h = U0.shape
+    flat = []
+    for i in range(len(layers) * D):
+        l, k = divmod(i, D)
+        U, W, b = arrays[3 * i : 3 * i + 3]
+        d_in = d if l == 0 else D * h
+        where = f"params.layers[{l}][{k}]"
+        if l > 0 and U.shape != (d_in, h):
+            raise ValueError(
+                f"{where}.U must have shape (D·h={d_in}, h={h}): layer {l} reads layer {l - 1}'s "
+                f"{'two directions' if D == 2 else 'states'}; got {U.shape} (the shapes do not chain)"
+            )
+        _check_shape(f"{where}.U", U, (d_in, h), "dh")
+        _check_shape(f"{where}.W", W, (h, h), "hh")
+        _check_shape(f"{where}.b", b, (h,), "h")
+        flat.append((U, W, b))
+    V, c = arrays[-2], arrays[-1]
+    if V.ndim != 2 or V.shape[0] != D * h or V.shape[1] < 1:
+        raise ValueError(f"params.V must have shape (D·h={D * h}, v): the head reads the top layer, got {V.shape}")
+    _check_shape("params.c", c, (V.shape[1],), "v")
+    for (name, _), a in zip(named, arrays):
+        _check_finite(name, a)
+    flat = [tuple(np.ascontiguousarray(a) for a in cell) for cell in flat]
+    return flat, D, np.ascontiguousarray(V), np.ascontiguousarray(c), relu
+
+
+def check_lengths(lengths, layout):
+    """Sequence lengths: (n,) integers in [1, T] (a scalar for one unbatched sequence),
+    in any order. Returns intp (n,), or None when not given."""
+    if lengths is None:
+        return None
+    a = _as_array("lengths", lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers (numpy int or Python int), got dtype {a.dtype}")
+    want = () if layout.unbatched else (layout.n,)
+    if a.shape != want:
+        shape = "() (a scalar, one unbatched sequence)" if layout.unbatched else f"(n={layout.n},)"
+        raise ValueError(f"lengths must have shape {shape}, got {a.shape}")
+    if a.size and (a.min() < 1 or a.max() > layout.T):
+        bad = a.min() if a.min() < 1 else a.max()
+        raise ValueError(f"lengths holds {bad}, outside [1, T={layout.T}] (0 is not allowed: every sequence has a first step)")
+    return np.ascontiguousarray(a.reshape(layout.n), dtype=np.intp)
+
+
+def check_ignore_index(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an integer (default -100), got {value!r}")
+    return int(value)
+
+
+def check_targets_counted(targets, layout, v, lengths, ignore_index):
+    """Targets with padded steps and ``ignore_index`` marked −1 (not counted), time-major
+    intp (T, n); every counted target must be in [0, v). Returns (y, number counted)."""
+    y = _as_array("targets", targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class ids, got dtype {y.dtype}")
+    _check_shape("targets", y, layout.user_shape(), layout.user_letters())
+    if layout.unbatched:
+        y = y[:, None]
+    elif layout.batch_first:
+        y = y.swapaxes(0, 1)
+    y = y.astype(np.intp)
+    counted = y != ignore_index
+    if lengths is not None:
+        counted &= np.arange(layout.T)[:, None] < lengths[None, :]
+    bad = counted & ((y < 0) | (y >= v))
+    if bad.any():
+        raise ValueError(f"targets holds class {y[bad][0]}, outside [0, v={v}) and not ignore_index={ignore_index}")
+    return np.ascontiguousarray(np.where(counted, y, -1)), int(counted.sum())
+
+
+def check_deep_h0(h0, layout, LD, h, dtype, name="h0"):
+    """Initial states (L·D, n, h), or (L·D, h) for one sequence; None means zeros."""
+    if h0 is None:
+        return np.zeros((LD, layout.n, h), dtype=dtype)
+    a = _as_array(name, h0)
+    _check_float(name, a, dtype)
+    if layout.unbatched:
+        _check_shape(name, a, (LD, h), ("L·D", "h"))
+        a = a[:, None]
+    else:
+        _check_shape(name, a, (LD, layout.n, h), ("L·D", "n", "h"))
+    _check_finite(name, a)
+    return np.ascontiguousarray(a)
+
+
+def check_mean_scale(reduction, counted):
+    """'mean': 1/(number of counted targets), 1 when none counts (the loss is then 0);
+    'sum': 1."""
+    if reduction == "mean":
+        return 1.0 / max(counted, 1)
+    if reduction == "sum":
+        return 1.0
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import api
-from ._params import Params
+from ._params import DeepParams, Params
 
 __all__ = ["gradcheck", "GradcheckReport", "TensorCheck"]
 
@@ -85,7 +85,7 @@ class GradcheckReport:
 
 def gradcheck(
     params, inputs, targets, *, h0=None, reduction="mean", batch_first=False, backend=None, grad_fn=None,
-    eps=None, rtol=None, max_entries=64, seed=0, check_A=True,
+    eps=None, rtol=None, max_entries=64, seed=0, check_A=True, lengths=None, ignore_index=-100,
 ):
     """Compare gradients with central differences of the loss, in float64.
 
@@ -105,6 +105,11 @@ def gradcheck(
 
     Returns a :class:`GradcheckReport`; ``print`` it for a table, test it with
     ``report.passed``.
+
+    :class:`DeepParams`, ``lengths`` and ``ignore_index`` are checked too: then
+    every cell's U, W, b (named ``l0.U``, ``l1r.W``, ... — ``r`` for the reversed
+    direction), V, c, the initial states h0, X and each cell's dA
+    (``l0.A``, ...) are compared, with the same step and tolerance rule.
     """
     if eps is not None and not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a positive finite step, got {eps!r}")
@@ -114,6 +119,11 @@ def gradcheck(
         raise ValueError(f"max_entries must be a positive integer, got {max_entries!r}")
     if grad_fn is not None and not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
+    if isinstance(params, DeepParams) or lengths is not None or api._general(params, None, targets, ignore_index):
+        return _gradcheck_general(
+            params, inputs, targets, h0, reduction, batch_first, backend, grad_fn, eps, rtol, max_entries, seed,
+            check_A, lengths, ignore_index,
+        )
 
     kw = dict(reduction=reduction, batch_first=batch_first)
     # Validate everything once, the way every public function does.
@@ -323,4 +333,157 @@ def _check(name, analytic, array, loss, layout, eps, rtol, max_entries, rng):
     err = float(diff.max() / scale)
     allowed = rtol + atol / scale
     worst = layout.user_index(name, picked[int(diff.argmax())])
+    return TensorCheck(name, err, worst, len(picked), array.size, bool(err <= allowed), allowed)
+
+
+# --------------------------------------------------------------------------
+# The general model: lengths, ignore_index, relu, layers, directions. The loss
+# is the reference's forward pass over padded, masked sequences (no backward),
+# one perturbed entry at a time; the step and the tolerance follow the rule above.
+# --------------------------------------------------------------------------
+
+
+class _GeneralLoss:
+    """The general model's loss in float64, forward only; ``probes`` perturb a cell's A_t."""
+
+    def __init__(self, cells, D, V, c, x, y, h0, lengths, scale, relu):
+        from .backends import reference
+
+        self.ref = reference
+        self.args = cells, D, V, c, x, y, h0, lengths, scale, relu
+        terms, O = self._terms()
+        self.noise = 8 * _EPS64 * scale * float((np.abs(terms) + np.abs(O).max(-1) * (y >= 0)).sum())
+
+    def _terms(self, probes=None):
+        cells, D, V, c, x, y, h0, lengths, scale, relu = self.args
+        ref = self.ref
+        mask = ref._mask(lengths, len(x))
+        top, _, _ = ref._stack_forward(cells, D, x, h0, mask, relu, probes)
+        O = top @ V + c  # O_t = [H_t fwd | rev] V + c
+        logY = ref._log_softmax(O)
+        counted = y >= 0
+        picked = np.take_along_axis(logY, np.where(counted, y, 0)[..., None], -1)[..., 0]
+        return -np.where(counted, picked, 0.0), O  # −log Ŷ_t[y_t] where counted
+
+    def __call__(self, probes=None):
+        return self.args[8] * float(self._terms(probes)[0].sum())
+
+
+def _gradcheck_general(params, inputs, targets, h0, reduction, batch_first, backend, grad_fn, eps, rtol,
+                       max_entries, seed, check_A, lengths, ignore_index):
+    """gradcheck for the general model: every cell's tensors, h0 (L·D, n, h), X and each cell's dA."""
+    from . import _validate as check
+
+    kw = dict(reduction=reduction, batch_first=batch_first, lengths=lengths, ignore_index=ignore_index)
+    # Validate everything once, the way every public function does.
+    api.loss_and_grads(params, inputs, targets, h0=h0, params_only=True, backend="numpy", **kw)
+    fn = grad_fn if grad_fn is not None else (lambda *a, **k: api.loss_and_grads(*a, backend=backend, **k))
+    result = fn(params, inputs, targets, h0=h0, **kw)
+    if not isinstance(result, tuple) or len(result) != 3 or result[1] is None:
+        raise TypeError("the gradient function must return (loss, grads, h_last) with grads not None")
+    grads = result[1]
+
+    deep = isinstance(params, DeepParams)
+    if deep:
+        f64 = DeepParams(
+            tuple(tuple(type(cell)(*(np.array(a, dtype=np.float64) for a in cell)) for cell in cells)
+                  for cells in params.layers),
+            np.array(params.V, dtype=np.float64), np.array(params.c, dtype=np.float64), params.nonlinearity,
+        )
+    else:
+        f64 = Params(*(np.array(a, dtype=np.float64) for a in params))
+    # The arrays the loss reads, time-major; perturbing them in place moves the loss.
+    cells, D, V, c, relu, _ = api._unpack_params(f64)
+    f8 = np.dtype(np.float64)
+    dense = np.asarray(inputs).dtype.kind == "f"
+    x, layout = check.check_inputs(np.array(inputs, dtype=np.float64) if dense else inputs, cells[0][0].shape[0], f8,
+                                   batch_first)
+    lv = check.check_lengths(lengths, layout)
+    y, counted = check.check_targets_counted(targets, layout, V.shape[1], lv, check.check_ignore_index(ignore_index))
+    h = cells[0][0].shape[1]
+    h0_64 = api._states_from_user(None if h0 is None else np.array(h0, dtype=np.float64), layout, deep, len(cells),
+                                  h, f8)
+    scale = check.check_mean_scale(reduction, counted)
+    loss = _GeneralLoss(cells, D, V, c, x, y, h0_64, api._full_lengths(lv, layout), scale, relu)
+
+    def tm(a, state=False):
+        """The caller's layout -> the time-major one the loss reads."""
+        a = np.asarray(a, dtype=np.float64)
+        if state:
+            return a if not layout.unbatched else (a[:, None] if deep else a[None])
+        return layout_tm(a)
+
+    def layout_tm(a):
+        if layout.unbatched:
+            return a[:, None]
+        return a.swapaxes(0, 1) if layout.batch_first else a
+
+    tensors, analytic = {}, {}
+    if deep:
+        for i, (U, W, b) in enumerate(cells):
+            name = f"l{i // D}{'r' if i % D else ''}"
+            g = grads.layers[i // D][i % D]
+            for f, a, ga in zip("UWb", (U, W, b), g):
+                tensors[f"{name}.{f}"], analytic[f"{name}.{f}"] = a, ga
+        tensors.update(V=V, c=c)
+        analytic.update(V=grads.V, c=grads.c)
+    else:
+        (U, W, b), = cells
+        for f, a in zip("UWVbc", (U, W, V, b, c)):
+            tensors[f], analytic[f] = a, getattr(grads, f)
+    tensors["h0"] = h0_64 if deep else h0_64[0]
+    analytic["h0"] = None if grads.h0 is None else (tm(grads.h0, state=True) if deep else
+                                                     (np.asarray(grads.h0, np.float64)[None] if layout.unbatched
+                                                      else np.asarray(grads.h0, np.float64)))
+    if dense:
+        tensors["X"], analytic["X"] = x, None if grads.X is None else tm(grads.X)
+
+    first = next(a for a in analytic.values() if a is not None)
+    if rtol is None:
+        e = np.finfo(np.asarray(first).dtype).eps if np.asarray(first).dtype.kind == "f" else _EPS64
+        rtol = max(FD_RTOL, 100 * float(e))
+    report = GradcheckReport(rtol=rtol, eps=eps)
+    rng = np.random.default_rng(seed)
+    for name, array in tensors.items():
+        if analytic[name] is None:
+            report.skipped.append(name)
+            continue
+        got_all = np.asarray(analytic[name], dtype=np.float64)
+        if got_all.shape != array.shape:
+            raise ValueError(f"d{name} has shape {got_all.shape}, expected {array.shape} (time-major)")
+        report.checks[name] = _check_one_at_a_time(name, got_all, array, loss, eps, rtol, max_entries, rng)
+
+    if check_A and getattr(grads, "A", None) is not None:
+        dAs = [grads.A] if not deep else [a for layer in grads.A for a in layer]
+        for i, dA in enumerate(dAs):
+            name = "A" if not deep else f"l{i // D}{'r' if i % D else ''}.A"
+            E = np.zeros((layout.T, layout.n, h))
+            report.checks[name] = _check_one_at_a_time(name, tm(dA), E, lambda E=E, i=i: loss({i: E}), eps, rtol,
+                                                       max_entries, rng, noise=loss.noise)
+    elif check_A:
+        report.skipped.append("A")
+    return report
+
+
+def _check_one_at_a_time(name, analytic, array, loss, eps, rtol, max_entries, rng, noise=None):
+    """Central differences of ``loss()`` over entries of ``array``, moved in place one at a time."""
+    noise = loss.noise if noise is None else noise
+    picked = _pick(array.shape, max_entries, rng)
+    values = np.array([abs(float(array[i])) for i in picked])
+    steps = np.full(len(picked), float(eps)) if eps is not None else DEFAULT_STEP * np.maximum(1.0, values)
+    numeric = np.empty(len(picked))
+    for k, idx in enumerate(picked):
+        old = array[idx]
+        array[idx] = old + steps[k]
+        up = loss()
+        array[idx] = old - steps[k]
+        down = loss()
+        array[idx] = old
+        numeric[k] = (up - down) / (2 * steps[k])
+    got = np.array([analytic[idx] for idx in picked])
+    diff = np.abs(got - numeric)
+    scale = max(float(np.abs(numeric).max()), np.finfo(np.float64).tiny)
+    err = float(diff.max() / scale)
+    allowed = rtol + noise / steps.min() / scale
+    worst = tuple(int(i) for i in picked[int(diff.argmax())])
     return TensorCheck(name, err, worst, len(picked), array.size, bool(err <= allowed), allowed)

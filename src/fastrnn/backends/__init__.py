@@ -1,4 +1,5 @@
-"""The backend seam: every backend module has the same four kernels.
+"""The backend seam: every backend module has the same kernels, four for today's
+one-layer model and four for the general one.
 
 ``loss_and_grads(U, W, V, b, c, inputs, targets, h0, scale, params_only)``
     -> (loss, dU, dW, dV, db, dc, dh0, dX, dA, h_last); dX is None for ids, and
@@ -6,6 +7,21 @@
 ``forward(U, W, b, inputs, h0)`` -> H (T, n, h)
 ``backward(U, W, inputs, h0, H, dH)`` -> (dU, dW, db, dh0, dX or None, dA)
 ``probs(U, W, V, b, c, inputs, h0)`` -> (Ŷ (T, n, v), h_last)
+
+The general model (lengths, relu, stacked layers, two directions): ``cells`` is
+a list of (U, W, b), cell l·D + k for layer l, direction k; ``h0`` and
+``h_last`` are (L·D, n, h); ``lengths`` (n,) intp in [1, T]; targets −1 are not
+counted; ``relu`` is a bool.
+
+``deep_loss_and_grads(cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only)``
+    -> (loss, [(dU, dW, db) per cell], dV, dc, dh0, dX, [dA per cell], h_last)
+``deep_forward(cells, D, inputs, h0, lengths, relu)`` -> (top H (T, n, D·h), h_last)
+``deep_backward(cells, D, inputs, h0, lengths, relu, H, dH, dh_last)`` (L = D = 1)
+    -> (dU, dW, db, dh0 (1, n, h), dX or None, dA)
+``deep_probs(cells, D, V, c, inputs, h0, lengths, relu)`` -> (Ŷ (T, n, v), h_last)
+
+Padded steps come back as zeros. The reference writes these with masks over
+padded arrays; the fast backends run them on packed sequences (``_packed``).
 
 All arguments are validated, C-contiguous and time-major; ``inputs`` is float
 (T, n, d) or integer ids (T, n) of dtype intp. The reference backend is the

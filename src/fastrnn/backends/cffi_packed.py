@@ -1,0 +1,136 @@
+"""C kernels of the general model on packed sequences (csrc/packed.inc; see :mod:`._packed`).
+
+The wrappers allocate every buffer and hand raw pointers to C, as
+:mod:`.cffi_kernels` does; the kernels release nothing they did not get and
+allocate only the small Wᵀ copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._fastrnn_c import ffi, lib
+from . import _packed
+from .cffi_kernels import _ERRORS, _INT_MAX
+
+_PTR = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
+_FN = {
+    np.dtype(np.float32): (lib.packed_forward_f32, lib.packed_backward_f32, lib.packed_head_loss_f32,
+                           lib.packed_head_probs_f32),
+    np.dtype(np.float64): (lib.packed_forward_f64, lib.packed_backward_f64, lib.packed_head_loss_f64,
+                           lib.packed_head_probs_f64),
+}
+
+
+def _p(a, dtype):
+    if a is None:
+        return ffi.NULL
+    assert a.flags.c_contiguous
+    return ffi.cast(_PTR[dtype] if a.dtype.kind == "f" else "int64_t *", a.ctypes.data)
+
+
+def _call(kernel, *args):
+    code = kernel(*args)
+    if code != 0:
+        raise RuntimeError(f"C backend: {_ERRORS.get(code, f'error {code}')}")
+
+
+def _check_size(*sizes):
+    if max(sizes) > _INT_MAX:
+        raise ValueError("the C backend's BLAS takes 32-bit sizes: this problem is too large for it")
+
+
+def _x(x):
+    if x.dtype.kind in "iu":
+        return None, np.ascontiguousarray(x, dtype=np.int64)
+    return x, None
+
+
+def _steps(bs, off):
+    return np.ascontiguousarray(bs, dtype=np.int64), np.ascontiguousarray(off, dtype=np.int64)
+
+
+def layer_forward(U, W, b, x, h0s, bs, off, reverse, relu):
+    dt = U.dtype
+    d, h = U.shape
+    n = h0s.shape[0]
+    N = int(off[-1])
+    _check_size(N * max(d, h), d * h)
+    X, ids = _x(x)
+    bs64, off64 = _steps(bs, off)
+    h0s = np.ascontiguousarray(h0s)
+    equal = bs[-1] == n  # nothing padded: H and Hprev share one buffer, h0 at its end
+    if equal:
+        Hs = np.empty((N + n, h), dt)
+        if reverse:
+            H, Hprev = Hs[:N], Hs[n:]
+            Hs[N:] = h0s
+        else:
+            H, Hprev = Hs[n:], Hs[:N]
+            Hs[:n] = h0s
+    else:
+        H, Hprev = np.empty((N, h), dt), np.empty((N, h), dt)
+    HW = np.empty((n, h), dt)
+    _call(_FN[dt][0], _p(H, dt), _p(Hprev, dt), _p(HW, dt), _p(U, dt), _p(W, dt), _p(b, dt), _p(X, dt),
+          _p(ids, dt), _p(h0s, dt), _p(bs64, dt), _p(off64, dt), len(bs), n, d, h, int(reverse), int(relu),
+          int(not equal))
+    return H, Hprev
+
+
+def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX):
+    dt = U.dtype
+    d, h = U.shape
+    n = carry.shape[0]
+    N = G.shape[0]
+    X, ids = _x(x)
+    bs64, off64 = _steps(bs, off)
+    dU, dW, db = np.empty_like(U), np.empty_like(W), np.empty(h, dt)
+    dX = np.empty((N, d), dt) if (ids is None and want_dX) else None
+    assert carry.flags.c_contiguous and G.flags.c_contiguous
+    _call(_FN[dt][1], _p(dU, dt), _p(dW, dt), _p(db, dt), _p(dX, dt), _p(G, dt), _p(carry, dt), _p(H, dt),
+          _p(Hprev, dt), _p(U, dt), _p(W, dt), _p(X, dt), _p(ids, dt), _p(bs64, dt), _p(off64, dt),
+          len(bs), n, d, h, int(reverse), int(relu))
+    return dU, dW, db, dX
+
+
+def head_loss(Htop, V, c, y, scale):
+    dt = V.dtype
+    N, Dh = Htop.shape
+    v = V.shape[1]
+    _check_size(N * max(Dh, v), Dh * v)
+    y64 = np.ascontiguousarray(y, dtype=np.int64)
+    Htop = np.ascontiguousarray(Htop)
+    dV, dc, dHtop, O = np.empty_like(V), np.empty(v, dt), np.empty((N, Dh), dt), np.empty((N, v), dt)
+    loss = ffi.new("double *")
+    _call(_FN[dt][2], loss, _p(dV, dt), _p(dc, dt), _p(dHtop, dt), _p(O, dt), _p(Htop, dt), _p(V, dt),
+          _p(c, dt), _p(y64, dt), dt.type(scale), N, Dh, v)
+    return loss[0], dV, dc, dHtop
+
+
+def head_probs(Htop, V, c):
+    dt = V.dtype
+    N, Dh = Htop.shape
+    v = V.shape[1]
+    Htop = np.ascontiguousarray(Htop)
+    P = np.empty((N, v), dt)
+    _call(_FN[dt][3], _p(P, dt), _p(Htop, dt), _p(V, dt), _p(c, dt), N, Dh, v)
+    return P
+
+
+KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
+
+
+def deep_loss_and_grads(*args, **kw):
+    return _packed.deep_loss_and_grads(KERNELS, *args, **kw)
+
+
+def deep_probs(*args):
+    return _packed.deep_probs(KERNELS, *args)
+
+
+def deep_forward(*args):
+    return _packed.deep_forward(KERNELS, *args)
+
+
+def deep_backward(*args, **kw):
+    return _packed.deep_backward(KERNELS, *args, **kw)

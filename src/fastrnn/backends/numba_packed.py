@@ -1,0 +1,215 @@
+"""Numba kernels of the general model on packed sequences (see :mod:`._packed`).
+
+One direction of one layer forward, the same backward, and the softmax head
+with ignored targets. Each step's recurrence product has only the bs[t] rows
+still running; the products over all steps have N = Σ lengths rows. tanh is
+the backend's own vectorising one; relu is max(a, 0), and its derivative at
+a = 0 is 0, as torch's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .._config import NUMBA_FLAGS
+from . import _packed
+from .numba_kernels import _exp_shifted, _softmax_rows, _transposed_W, vtanh
+
+
+@njit(inline="always", **NUMBA_FLAGS)
+def _act_rows(Ht, HW, b, relu):
+    """Ht ← f(Ht + HW + b) over the running rows: Ht holds X_t U on entry."""
+    m, h = Ht.shape
+    zero = np.zeros(1, dtype=Ht.dtype)[0]
+    if relu:
+        for i in range(m):
+            for j in range(h):
+                a = Ht[i, j] + HW[i, j] + b[j]
+                Ht[i, j] = a if a > zero else zero  # H_t = relu(A_t)
+    else:
+        for i in range(m):
+            for j in range(h):
+                Ht[i, j] = vtanh(Ht[i, j] + HW[i, j] + b[j])  # H_t = tanh(A_t)
+
+
+@njit(**NUMBA_FLAGS)
+def _layer_forward(U, W, b, X, ids, h0s, bs, off, reverse, relu):
+    """(H, Hprev), each (N, h). With equal lengths both are views of one (N + n, h)
+    buffer that holds h0 before the first step (after the last, reversed), so the
+    previous states are never copied; otherwise each step copies its own."""
+    T = bs.shape[0]
+    n, h = h0s.shape
+    N = off[T]
+    equal = bs[T - 1] == n  # nothing padded
+    if equal:
+        Hs = np.empty((N + n, h), dtype=U.dtype)
+        if reverse:
+            H, Hprev = Hs[:N], Hs[n:]
+            Hs[N:] = h0s
+        else:
+            H, Hprev = Hs[n:], Hs[:N]
+            Hs[:n] = h0s
+    else:
+        H = np.empty((N, h), dtype=U.dtype)
+        Hprev = np.empty((N, h), dtype=U.dtype)
+    if ids.size == 0:
+        np.dot(X, U, H)  # X U, every running step at once
+    else:
+        for r in range(N):
+            H[r, :] = U[ids[r]]  # one-hot rows of X select rows of U
+    HW = np.empty((n, h), dtype=U.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        m = bs[t]
+        o = off[t]
+        Hp = Hprev[o : o + m]
+        if not equal:
+            if reverse:
+                k = bs[t + 1] if t + 1 < T else 0  # rows that continue from step t+1
+                src = off[t + 1] if t + 1 < T else 0
+            else:
+                k = m if t > 0 else 0  # every running row continues from step t−1
+                src = off[t - 1] if t > 0 else 0
+            Hp[:k] = H[src : src + k]
+            Hp[k:] = h0s[k:m]  # the rest start from h0
+        np.dot(Hp, W, HW[:m])  # S_{t∓1} W, running rows only
+        _act_rows(H[o : o + m], HW, b, relu)
+    return H, Hprev
+
+
+@njit(inline="always", **NUMBA_FLAGS)
+def _dact_rows(Gt, carry, Ht, db, relu):
+    """Gt ← dA_t = (Gt + carry) ⊙ f'(A_t) over the running rows; db += Σ_rows dA_t."""
+    m, h = Gt.shape
+    one = np.ones(1, dtype=Gt.dtype)[0]
+    zero = one - one
+    if relu:
+        for i in range(m):
+            for j in range(h):
+                a = (Gt[i, j] + carry[i, j]) if Ht[i, j] > zero else zero  # relu' = [H > 0]
+                Gt[i, j] = a
+                db[j] += a
+    else:
+        for i in range(m):
+            for j in range(h):
+                y = Ht[i, j]
+                a = (Gt[i, j] + carry[i, j]) * (one - y * y)  # tanh' = 1 − H²
+                Gt[i, j] = a
+                db[j] += a
+
+
+@njit(**NUMBA_FLAGS)
+def _steps_back(G, H, WT, carry, db, bs, off, reverse, relu):
+    T = bs.shape[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s  # the forward pass's steps, last first
+        m = bs[t]
+        o = off[t]
+        _dact_rows(G[o : o + m], carry, H[o : o + m], db, relu)
+        np.dot(G[o : o + m], WT, carry[:m])  # ∂L/∂S_{t∓1} = dA_t Wᵀ; rows not running keep theirs
+
+
+@njit(**NUMBA_FLAGS)
+def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, want_dX):
+    d, h = U.shape
+    db = np.zeros(h, dtype=U.dtype)
+    WTc = _transposed_W(W, bs[0])
+    if WTc.size:
+        _steps_back(G, H, WTc, carry, db, bs, off, reverse, relu)
+    else:
+        _steps_back(G, H, W.T, carry, db, bs, off, reverse, relu)
+    dW = np.dot(Hprev.T, G)  # dW = Σ_t S_{t∓1}ᵀ dA_t
+    if ids.size == 0:
+        dU = np.dot(X.T, G)  # dU = Σ_t X_tᵀ dA_t
+        dX = np.dot(G, U.T) if want_dX else np.empty((0, d), dtype=U.dtype)  # dX_t = dA_t Uᵀ
+    else:
+        dU = np.zeros((d, h), dtype=U.dtype)
+        for r in range(G.shape[0]):
+            k = ids[r]
+            for j in range(h):
+                dU[k, j] += G[r, j]
+        dX = np.empty((0, d), dtype=U.dtype)
+    return dU, dW, db, dX
+
+
+@njit(**NUMBA_FLAGS)
+def _head_loss(Htop, V, c, y, scale):
+    """O = Htop V + c becomes dO = counted ⊙ (softmax(O) − onehot(y))·scale; y < 0 is not counted."""
+    N = Htop.shape[0]
+    v = V.shape[1]
+    O = np.dot(Htop, V)
+    dc = np.zeros(v, dtype=V.dtype)
+    total = 0.0
+    for r in range(N):
+        row = O[r]
+        if y[r] < 0:
+            row[:] = 0  # padded or ignored: no loss, no gradient
+            continue
+        logit_y = row[y[r]] + c[y[r]]
+        top, s = _exp_shifted(row, c)
+        total += np.log(s) - (logit_y - top)  # −log Ŷ[y]
+        inv = scale / s
+        for k in range(v):
+            row[k] *= inv
+        row[y[r]] -= scale  # dO = (Ŷ − onehot(y))·scale
+        for k in range(v):
+            dc[k] += row[k]
+    dV = np.dot(Htop.T, O)  # dV = Σ_t Htopᵀ dO_t
+    dHtop = np.dot(O, V.T)  # ∂L/∂Htop = dO Vᵀ
+    return total, dV, dc, dHtop
+
+
+@njit(**NUMBA_FLAGS)
+def _head_probs(Htop, V, c):
+    O = np.dot(Htop, V)
+    _softmax_rows(O, c)
+    return O
+
+
+_NO_IDS = np.empty(0, dtype=np.intp)
+_NO_X = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
+
+
+def _split(x, dtype):
+    if x.dtype.kind in "iu":
+        return _NO_X[dtype], x
+    return x, _NO_IDS
+
+
+def layer_forward(U, W, b, x, h0s, bs, off, reverse, relu):
+    X, ids = _split(x, U.dtype)
+    return _layer_forward(U, W, b, X, ids, np.ascontiguousarray(h0s), bs, off, reverse, relu)
+
+
+def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX):
+    X, ids = _split(x, U.dtype)
+    dU, dW, db, dX = _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, want_dX)
+    return dU, dW, db, (dX if ids.size == 0 and want_dX else None)
+
+
+def head_loss(Htop, V, c, y, scale):
+    return _head_loss(Htop, V, c, y, V.dtype.type(scale))
+
+
+def head_probs(Htop, V, c):
+    return _head_probs(Htop, V, c)
+
+
+KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
+
+
+def deep_loss_and_grads(*args, **kw):
+    return _packed.deep_loss_and_grads(KERNELS, *args, **kw)
+
+
+def deep_probs(*args):
+    return _packed.deep_probs(KERNELS, *args)
+
+
+def deep_forward(*args):
+    return _packed.deep_forward(KERNELS, *args)
+
+
+def deep_backward(*args, **kw):
+    return _packed.deep_backward(KERNELS, *args, **kw)

@@ -1,0 +1,214 @@
+"""The general model (lengths, ignore_index, relu, layers, directions): float64
+central differences, every backend against the reference, and properties."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastrnn
+from cases import REFERENCE, rel_err
+from general_cases import GCase, flat_grads, supports_general
+
+# ≥ 12 shapes crossing L ∈ {1, 2, 3}, both directions, both nonlinearities, lengths with
+# ties / length 1 / length T, n = 1, h = 1.
+GRADCHECK_CASES = [
+    GCase(5, 3, 3, 4, 5, L=1, D=1, lengths=(5, 2, 2)),
+    GCase(5, 3, 3, 4, 5, L=1, D=1, relu=True, lengths=(1, 5, 3)),
+    GCase(5, 3, 3, 4, 5, L=1, D=2, lengths=(3, 3, 5)),
+    GCase(5, 3, 3, 4, 5, L=1, D=2, relu=True, lengths=(5, 1, 4), ids=True),
+    GCase(4, 2, 3, 3, 4, L=2, D=1, lengths=(4, 1)),
+    GCase(4, 2, 3, 3, 4, L=2, D=1, relu=True, lengths=(2, 2), batch_first=True),
+    GCase(4, 3, 2, 3, 4, L=2, D=2, lengths=(4, 3, 1), ignore=3),
+    GCase(4, 3, 2, 3, 4, L=2, D=2, relu=True, lengths=(1, 1, 4), ids=True, batch_first=True),
+    GCase(3, 2, 2, 2, 3, L=3, D=1, lengths=(3, 2)),
+    GCase(3, 2, 2, 2, 3, L=3, D=2, relu=True, lengths=(2, 3)),
+    GCase(4, 1, 3, 3, 4, L=2, D=2, lengths=(3,)),  # n = 1
+    GCase(4, 3, 2, 1, 3, L=2, D=2, lengths=(4, 2, 4)),  # h = 1
+    GCase(4, 1, 3, 2, 3, L=2, D=2, relu=True, lengths=(2,), unbatched=True),
+    GCase(5, 3, 3, 4, 5, deep=False, lengths=(5, 1, 3), ignore=2),  # today's Params
+    GCase(5, 3, 3, 4, 5, deep=False, ignore=4, reduction="sum"),
+    GCase(4, 2, 3, 3, 4, L=1, D=2, relu=True, with_h0=False, ignore=2),  # no lengths
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_central_differences(case):
+    params, x, y, h0, lengths = case.make()
+    report = fastrnn.gradcheck(params, x, y, h0=h0, lengths=lengths, batch_first=case.batch_first,
+                               reduction=case.reduction, backend=REFERENCE, rtol=1e-6, max_entries=40)
+    assert report.passed, str(report)
+    assert max(c.max_rel_error for c in report.checks.values()) < 1e-6
+
+
+AGREEMENT_CASES = GRADCHECK_CASES + [
+    GCase(7, 5, 4, 6, 7, L=2, D=2, lengths=(7, 3, 7, 1, 5), ignore=4),
+    GCase(6, 4, 5, 5, 6, L=3, D=1, relu=True, lengths=(6, 6, 6, 6)),
+    GCase(6, 4, 5, 5, 6, L=1, D=1, lengths=(2, 6, 4, 2), ids=True),
+    GCase(5, 3, 3, 4, 5, L=2, D=2),  # nothing padded, h0 given: the kernels' no-copy branch
+    GCase(5, 3, 3, 4, 5, L=2, D=2, relu=True, lengths=(5, 5, 5), ids=True),
+]
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", AGREEMENT_CASES, ids=str)
+def test_backend_matches_reference(backend, case, dtype):
+    supports_general(backend)
+    params, x, y, h0, lengths = case.make(dtype)
+    kw = dict(h0=h0, lengths=lengths, batch_first=case.batch_first, reduction=case.reduction)
+    ref = fastrnn.loss_and_grads(params, x, y, backend=REFERENCE, **kw)
+    got = fastrnn.loss_and_grads(params, x, y, backend=backend, **kw)
+    tol = TOL[dtype]
+    assert abs(got[0] - ref[0]) <= tol * abs(ref[0])
+    gr, gg = flat_grads(ref[1]), flat_grads(got[1])
+    assert gr.keys() == gg.keys()
+    for name in gr:
+        assert gg[name].dtype == dtype, name
+        assert rel_err(gg[name], gr[name]) <= tol, name
+    assert rel_err(got[2], ref[2]) <= tol
+    P_ref, hl_ref = fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, batch_first=case.batch_first,
+                                          backend=REFERENCE)
+    P, hl = fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, batch_first=case.batch_first, backend=backend)
+    assert rel_err(P, P_ref) <= tol and rel_err(hl, hl_ref) <= tol
+    assert rel_err(hl, ref[2]) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_params_only_matches(backend, dtype):
+    supports_general(backend)
+    case = GCase(6, 4, 3, 5, 6, L=2, D=2, lengths=(6, 2, 5, 2), ignore=3)
+    params, x, y, h0, lengths = case.make(dtype)
+    full = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
+    lean = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend, params_only=True)
+    assert lean[1].X is None and lean[1].A is None
+    assert lean[0] == pytest.approx(full[0], rel=1e-12)
+    for name, a in flat_grads(lean[1]).items():
+        assert rel_err(a, flat_grads(full[1])[name]) <= TOL[dtype], name
+
+
+def test_equal_lengths_and_no_ignore_is_todays_model(backend):
+    """lengths all T, or DeepParams of one tanh layer, give today's numbers."""
+    supports_general(backend)
+    params, x, y, h0, _ = GCase(5, 3, 4, 6, 7, deep=False).make()
+    old = fastrnn.loss_and_grads(params, x, y, h0=h0, backend=backend)
+    full = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=[5, 5, 5], backend=backend)
+    deep = fastrnn.loss_and_grads(fastrnn.DeepParams.from_params(params), x, y, h0=h0[None], backend=backend)
+    for other, state in ((full, lambda a: a), (deep, lambda a: a[0])):
+        assert other[0] == pytest.approx(old[0], rel=1e-13)
+        assert rel_err(state(other[2]), old[2]) < 1e-13
+    for name in "UWVbc":
+        assert rel_err(getattr(full[1], name), getattr(old[1], name)) < 1e-12
+        assert rel_err(deep[1].layers[0][0].U if name == "U" else getattr(deep[1].layers[0][0], name)
+                       if name in "Wb" else getattr(deep[1], name), getattr(old[1], name)) < 1e-12
+
+
+def test_padding_is_invisible(backend):
+    """A sequence's results do not depend on what sits in its padding, nor on T."""
+    supports_general(backend)
+    case = GCase(6, 3, 3, 4, 5, L=2, D=2, relu=True, lengths=(4, 2, 6))
+    params, x, y, h0, lengths = case.make()
+    a = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
+    x2, y2 = x.copy(), y.copy()
+    x2[4:, 0] = -7.0
+    y2[4:, 0] = -100
+    b = fastrnn.loss_and_grads(params, x2, y2, h0=h0, lengths=lengths, backend=backend)
+    assert a[0] == b[0]
+    assert np.array_equal(a[2], b[2])
+    assert np.all(a[1].X[4:, 0] == 0) and np.all(a[1].A[0][0][2:, 1] == 0)
+    P, _ = fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, backend=backend)
+    assert np.all(P[2:, 1] == 0) and np.allclose(P[:2, 1].sum(-1), 1)
+    # one sequence alone, cut to its length, has the same final states
+    alone = fastrnn.predict_proba(params, x[:2, 1:2], h0=h0[:, 1:2], backend=backend)[1]
+    assert rel_err(alone, a[2][:, 1:2]) < 1e-13
+
+
+def test_mean_divides_by_counted_targets():
+    case = GCase(5, 3, 3, 4, 5, L=1, D=1, lengths=(5, 2, 3), ignore=2)
+    params, x, y, h0, lengths = case.make()
+    mean = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=REFERENCE)[0]
+    total = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, reduction="sum", backend=REFERENCE)[0]
+    real = np.arange(5)[:, None] < np.array(lengths)[None]
+    counted = int((real & (y != -100)).sum())
+    assert counted < 10
+    assert mean == pytest.approx(total / counted, rel=1e-14)
+    # nothing counted: loss 0 and zero gradients, not nan
+    loss, g, _ = fastrnn.loss_and_grads(params, x, np.full_like(y, -100), lengths=lengths, backend=REFERENCE)
+    assert loss == 0 and not np.any(g.layers[0][0].U)
+
+
+def test_unbatched_equals_batch_of_one(backend):
+    supports_general(backend)
+    case = GCase(5, 1, 3, 4, 5, L=2, D=2, lengths=(3,))
+    params, x, y, h0, lengths = case.make()
+    batched = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
+    single = fastrnn.loss_and_grads(params, x[:, 0], y[:, 0], h0=h0[:, 0], lengths=3, backend=backend)
+    assert single[0] == pytest.approx(batched[0], rel=1e-14)
+    assert rel_err(single[2], batched[2][:, 0]) < 1e-14
+    assert rel_err(single[1].X, batched[1].X[:, 0]) < 1e-14
+
+
+def test_layer_functions_with_lengths_and_relu(backend):
+    """rnn_forward / rnn_backward with lengths and relu agree with the full model's pieces."""
+    supports_general(backend)
+    rng = np.random.default_rng(3)
+    T, n, d, h = 6, 4, 3, 5
+    U, W, b = rng.standard_normal((d, h)), 0.5 * rng.standard_normal((h, h)), rng.standard_normal(h)
+    x, h0, lengths = rng.standard_normal((T, n, d)), rng.standard_normal((n, h)), np.array([6, 1, 3, 3])
+    for nl in ("tanh", "relu"):
+        H = fastrnn.rnn_forward(x, U, W, b, h0, lengths=lengths, nonlinearity=nl, backend=backend)
+        H_ref = fastrnn.rnn_forward(x, U, W, b, h0, lengths=lengths, nonlinearity=nl, backend=REFERENCE)
+        assert rel_err(H, H_ref) < 1e-12
+        assert np.all(H[np.arange(T)[:, None] >= lengths[None]] == 0)
+        dH, dh_last = rng.standard_normal(H.shape), rng.standard_normal((n, h))
+        g = fastrnn.rnn_backward(dH, H, x, U, W, h0, dh_last=dh_last, lengths=lengths, nonlinearity=nl, backend=backend)
+        r = fastrnn.rnn_backward(dH, H_ref, x, U, W, h0, dh_last=dh_last, lengths=lengths, nonlinearity=nl,
+                                 backend=REFERENCE)
+        for name in ("U", "W", "b", "h0", "X", "A"):
+            assert rel_err(getattr(g, name), getattr(r, name)) < 1e-12, (nl, name)
+        # the scalar Σ dH ⊙ H + dh_last ⊙ h_last, differentiated numerically in U
+        def scalar(U_):
+            H_ = fastrnn.rnn_forward(x, U_, W, b, h0, lengths=lengths, nonlinearity=nl, backend=REFERENCE)
+            return float((dH * H_).sum() + (dh_last * H_[lengths - 1, np.arange(n)]).sum())
+        E = np.zeros_like(U)
+        E[1, 2] = 1e-6
+        numeric = (scalar(U + E) - scalar(U - E)) / 2e-6
+        assert g.U[1, 2] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    T=st.integers(1, 6), n=st.integers(1, 4), L=st.integers(1, 3), D=st.integers(1, 2), relu=st.booleans(),
+    seed=st.integers(0, 2**16), data=st.data(),
+)
+def test_random_lengths_layers_directions(T, n, L, D, relu, seed, data):
+    lengths = tuple(data.draw(st.lists(st.integers(1, T), min_size=n, max_size=n)))
+    case = GCase(T, n, 2, 3, 4, L=L, D=D, relu=relu, lengths=lengths, ignore=data.draw(st.integers(0, T * n - 1)))
+    params, x, y, h0, lengths = case.make(seed=seed)
+    ref = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=REFERENCE)
+    assert np.isfinite(ref[0])
+    # the final states are each sequence's own: run sequence by sequence, cut to its length
+    for i in range(n):
+        P, hl = fastrnn.predict_proba(params, x[: lengths[i], i : i + 1], h0=h0[:, i : i + 1], backend=REFERENCE)
+        assert rel_err(hl[:, 0], ref[2][:, i]) < 1e-13
+    from fastrnn.backends import backends as names, resolve
+    for name in names():
+        if name != REFERENCE and hasattr(resolve(name), "deep_loss_and_grads"):
+            got = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=name)
+            assert got[0] == pytest.approx(ref[0], rel=1e-12, abs=1e-300)
+            for k, a in flat_grads(ref[1]).items():
+                assert rel_err(flat_grads(got[1])[k], a) <= 1e-12, (name, k)
+
+
+@pytest.mark.parametrize("equal", [True, False], ids=["equal-lengths", "lengths"])
+def test_wide_step_takes_the_other_W_transpose_branch(fast_backend, equal):
+    """n·h·h ≥ 2^20 multiply-adds per step: the backward recurrence multiplies by the
+    view Wᵀ instead of a contiguous copy (both kernels branch on that size)."""
+    supports_general(fast_backend)
+    T, n, h = 3, 64, 128
+    lengths = None if equal else tuple([3, 1, 2, 3] * (n // 4))
+    case = GCase(T, n, 3, h, 4, L=1, D=2, relu=False, lengths=lengths)
+    params, x, y, h0, lengths = case.make()
+    ref = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=REFERENCE)
+    got = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=fast_backend)
+    for name, a in flat_grads(ref[1]).items():
+        assert rel_err(flat_grads(got[1])[name], a) <= 1e-12, name
