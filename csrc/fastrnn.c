@@ -52,6 +52,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #define EXP vexp_f32   /* of arguments <= 0 only */
 #define LOG logf
 #include "kernels.inc"
+#include "packed.inc"
 #undef REAL
 #undef FN
 #undef GEMM
@@ -66,3 +67,4 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #define EXP vexp_f64
 #define LOG log
 #include "kernels.inc"
+#include "packed.inc"

@@ -74,4 +74,33 @@ void tanh_array_f64(double *out, const double *x, int64_t count);
 void exp_array_f32(float *out, const float *z, int64_t count);
 void exp_array_f64(double *out, const double *z, int64_t count);
 
+/* The general model on packed sequences (csrc/packed.inc): sequences sorted by length,
+ * step t's bs[t] running rows at off[t] of (N, ·) arrays, N = off[T]. reverse: t runs
+ * T−1 .. 0; relu: f = max(·, 0) instead of tanh. h0s (n, h) sorted; HW (n, h) scratch;
+ * copy_prev = 0 (nothing padded): H and Hprev share one buffer that holds h0 too. */
+int packed_forward_f32(float *H, float *Hprev, float *HW, const float *U, const float *W, const float *b,
+                       const float *X, const int64_t *ids, const float *h0s, const int64_t *bs,
+                       const int64_t *off, int T, int n, int d, int h, int reverse, int relu,
+                       int copy_prev);
+int packed_forward_f64(double *H, double *Hprev, double *HW, const double *U, const double *W,
+                       const double *b, const double *X, const int64_t *ids, const double *h0s,
+                       const int64_t *bs, const int64_t *off, int T, int n, int d, int h, int reverse,
+                       int relu, int copy_prev);
+/* G (N, h): in ∂L/∂H from above, out dA; carry (n, h): in ∂L/∂(final state), out ∂L/∂h0. */
+int packed_backward_f32(float *dU, float *dW, float *db, float *dX, float *G, float *carry,
+                        const float *H, const float *Hprev, const float *U, const float *W, const float *X,
+                        const int64_t *ids, const int64_t *bs, const int64_t *off,
+                        int T, int n, int d, int h, int reverse, int relu, int64_t copy_wt_below);
+int packed_backward_f64(double *dU, double *dW, double *db, double *dX, double *G, double *carry,
+                        const double *H, const double *Hprev, const double *U, const double *W,
+                        const double *X, const int64_t *ids, const int64_t *bs, const int64_t *off,
+                        int T, int n, int d, int h, int reverse, int relu, int64_t copy_wt_below);
+/* The softmax head over packed rows, Htop (N, Dh); targets y < 0 count for nothing. */
+int packed_head_loss_f32(double *loss, float *dV, float *dc, float *dHtop, float *O, const float *Htop,
+                         const float *V, const float *c, const int64_t *y, float scale, int N, int Dh, int v);
+int packed_head_loss_f64(double *loss, double *dV, double *dc, double *dHtop, double *O, const double *Htop,
+                         const double *V, const double *c, const int64_t *y, double scale, int N, int Dh, int v);
+int packed_head_probs_f32(float *P, const float *Htop, const float *V, const float *c, int N, int Dh, int v);
+int packed_head_probs_f64(double *P, const double *Htop, const double *V, const double *c, int N, int Dh, int v);
+
 #endif

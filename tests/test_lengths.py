@@ -212,3 +212,33 @@ def test_wide_step_takes_the_other_W_transpose_branch(fast_backend, equal):
     got = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=fast_backend)
     for name, a in flat_grads(ref[1]).items():
         assert rel_err(flat_grads(got[1])[name], a) <= 1e-12, name
+
+
+def test_readme_example_runs():
+    """The README's example of the general model runs and gives the shapes it states."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Variable lengths, stacked and bidirectional layers, relu"):]
+    code = section[section.index("```python") + len("```python"): section.index("```\n", section.index("```python") + 9)]
+    scope = {}
+    exec(compile(code, "README", "exec"), scope)
+    assert scope["h_last"].shape == (4, 16, 128)
+    assert scope["grads"].h0.shape == (4, 16, 128) and scope["grads"].A[1][1].shape == (40, 16, 128)
+    assert scope["probs"].shape == (40, 16, 65) and np.isfinite(scope["loss"])
+
+
+def _bidirectional_loss(backend):
+    params, x, y, h0, lengths = GCase(5, 3, 3, 4, 5, L=1, D=2, lengths=(5, 2, 3)).make()
+    return fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)[0]
+
+
+def test_bidirectional_after_fork(fast_backend):
+    """The reversed direction's thread does not survive a fork; the child starts its own."""
+    import multiprocessing
+
+    supports_general(fast_backend)
+    expected = _bidirectional_loss(fast_backend)  # the parent's thread now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_bidirectional_loss, (fast_backend,)).get(timeout=60)
+    assert got == expected

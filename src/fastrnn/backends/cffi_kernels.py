@@ -188,3 +188,34 @@ def exp_array(z, out):
     """out = exp(z) for z <= 0 by the kernels' own vectorising exp (1-D, same dtype)."""
     a = _Args(z.dtype)
     _ELEMENTWISE[z.dtype][1](a.p(out), a.p(z), z.size)
+
+
+# --------------------------------------------------------------------------
+# The general model (lengths, relu, stacked layers, two directions): its kernels
+# run on packed sequences (csrc/packed.inc) and are wrapped in cffi_packed.py, which
+# imports this module's error table; imported when first called.
+# --------------------------------------------------------------------------
+
+
+def deep_loss_and_grads(*args, **kw):
+    from .cffi_packed import deep_loss_and_grads
+
+    return deep_loss_and_grads(*args, **kw)
+
+
+def deep_forward(*args, **kw):
+    from .cffi_packed import deep_forward
+
+    return deep_forward(*args, **kw)
+
+
+def deep_backward(*args, **kw):
+    from .cffi_packed import deep_backward
+
+    return deep_backward(*args, **kw)
+
+
+def deep_probs(*args, **kw):
+    from .cffi_packed import deep_probs
+
+    return deep_probs(*args, **kw)

@@ -1,32 +1,24 @@
 """C kernels of the general model on packed sequences (csrc/packed.inc; see :mod:`._packed`).
 
-The wrappers allocate every buffer and hand raw pointers to C, as
-:mod:`.cffi_kernels` does; the kernels release nothing they did not get and
-allocate only the small Wᵀ copy.
+The wrappers allocate the arrays and hand pointers to C with
+:mod:`.cffi_kernels`' ``_Args`` (which keeps them alive for the call); the
+kernels malloc only small scratch (a copy of Wᵀ, double accumulators).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._config import COPY_WT_BELOW
 from .._fastrnn_c import ffi, lib
 from . import _packed
-from .cffi_kernels import _ERRORS, _INT_MAX
-
-_PTR = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
+from .cffi_kernels import _ERRORS, _INT_MAX, _Args
 _FN = {
     np.dtype(np.float32): (lib.packed_forward_f32, lib.packed_backward_f32, lib.packed_head_loss_f32,
                            lib.packed_head_probs_f32),
     np.dtype(np.float64): (lib.packed_forward_f64, lib.packed_backward_f64, lib.packed_head_loss_f64,
                            lib.packed_head_probs_f64),
 }
-
-
-def _p(a, dtype):
-    if a is None:
-        return ffi.NULL
-    assert a.flags.c_contiguous
-    return ffi.cast(_PTR[dtype] if a.dtype.kind == "f" else "int64_t *", a.ctypes.data)
 
 
 def _call(kernel, *args):
@@ -71,8 +63,9 @@ def layer_forward(U, W, b, x, h0s, bs, off, reverse, relu):
     else:
         H, Hprev = np.empty((N, h), dt), np.empty((N, h), dt)
     HW = np.empty((n, h), dt)
-    _call(_FN[dt][0], _p(H, dt), _p(Hprev, dt), _p(HW, dt), _p(U, dt), _p(W, dt), _p(b, dt), _p(X, dt),
-          _p(ids, dt), _p(h0s, dt), _p(bs64, dt), _p(off64, dt), len(bs), n, d, h, int(reverse), int(relu),
+    a = _Args(dt)
+    _call(_FN[dt][0], a.p(H), a.p(Hprev), a.p(HW), a.p(U), a.p(W), a.p(b), a.p(X),
+          a.p(ids), a.p(h0s), a.p(bs64), a.p(off64), len(bs), n, d, h, int(reverse), int(relu),
           int(not equal))
     return H, Hprev
 
@@ -86,10 +79,10 @@ def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX)
     bs64, off64 = _steps(bs, off)
     dU, dW, db = np.empty_like(U), np.empty_like(W), np.empty(h, dt)
     dX = np.empty((N, d), dt) if (ids is None and want_dX) else None
-    assert carry.flags.c_contiguous and G.flags.c_contiguous
-    _call(_FN[dt][1], _p(dU, dt), _p(dW, dt), _p(db, dt), _p(dX, dt), _p(G, dt), _p(carry, dt), _p(H, dt),
-          _p(Hprev, dt), _p(U, dt), _p(W, dt), _p(X, dt), _p(ids, dt), _p(bs64, dt), _p(off64, dt),
-          len(bs), n, d, h, int(reverse), int(relu))
+    a = _Args(dt)
+    _call(_FN[dt][1], a.p(dU), a.p(dW), a.p(db), a.p(dX), a.p(G), a.p(carry), a.p(H),
+          a.p(Hprev), a.p(U), a.p(W), a.p(X), a.p(ids), a.p(bs64), a.p(off64),
+          len(bs), n, d, h, int(reverse), int(relu), COPY_WT_BELOW)
     return dU, dW, db, dX
 
 
@@ -102,8 +95,9 @@ def head_loss(Htop, V, c, y, scale):
     Htop = np.ascontiguousarray(Htop)
     dV, dc, dHtop, O = np.empty_like(V), np.empty(v, dt), np.empty((N, Dh), dt), np.empty((N, v), dt)
     loss = ffi.new("double *")
-    _call(_FN[dt][2], loss, _p(dV, dt), _p(dc, dt), _p(dHtop, dt), _p(O, dt), _p(Htop, dt), _p(V, dt),
-          _p(c, dt), _p(y64, dt), dt.type(scale), N, Dh, v)
+    a = _Args(dt)
+    _call(_FN[dt][2], loss, a.p(dV), a.p(dc), a.p(dHtop), a.p(O), a.p(Htop), a.p(V),
+          a.p(c), a.p(y64), dt.type(scale), N, Dh, v)
     return loss[0], dV, dc, dHtop
 
 
@@ -113,7 +107,8 @@ def head_probs(Htop, V, c):
     v = V.shape[1]
     Htop = np.ascontiguousarray(Htop)
     P = np.empty((N, v), dt)
-    _call(_FN[dt][3], _p(P, dt), _p(Htop, dt), _p(V, dt), _p(c, dt), N, Dh, v)
+    a = _Args(dt)
+    _call(_FN[dt][3], a.p(P), a.p(Htop), a.p(V), a.p(c), N, Dh, v)
     return P
 
 

@@ -561,3 +561,34 @@ def backward(U, W, inputs, h0, H, dH):
 def probs(U, W, V, b, c, inputs, h0):
     X, ids = _split(inputs, U.dtype)
     return _probs(U, W, V, b, c, X, ids, h0)
+
+
+# --------------------------------------------------------------------------
+# The general model (lengths, relu, stacked layers, two directions): its kernels
+# run on packed sequences and live in numba_packed.py, which imports this module's
+# tanh and softmax; imported when first called, so either module may load first.
+# --------------------------------------------------------------------------
+
+
+def deep_loss_and_grads(*args, **kw):
+    from .numba_packed import deep_loss_and_grads
+
+    return deep_loss_and_grads(*args, **kw)
+
+
+def deep_forward(*args, **kw):
+    from .numba_packed import deep_forward
+
+    return deep_forward(*args, **kw)
+
+
+def deep_backward(*args, **kw):
+    from .numba_packed import deep_backward
+
+    return deep_backward(*args, **kw)
+
+
+def deep_probs(*args, **kw):
+    from .numba_packed import deep_probs
+
+    return deep_probs(*args, **kw)

@@ -14,7 +14,7 @@ from numba import njit
 
 from .._config import NUMBA_FLAGS
 from . import _packed
-from .numba_kernels import _exp_shifted, _softmax_rows, _transposed_W, vtanh
+from .numba_kernels import _ACC, _exp_shifted, _softmax_rows, _transposed_W, vtanh
 
 
 @njit(inline="always", **NUMBA_FLAGS)
@@ -113,7 +113,7 @@ def _steps_back(G, H, WT, carry, db, bs, off, reverse, relu):
 @njit(**NUMBA_FLAGS)
 def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, want_dX):
     d, h = U.shape
-    db = np.zeros(h, dtype=U.dtype)
+    db = np.zeros(h, dtype=_ACC)  # sums over all N rows accumulate in float64 (numba_kernels._ACC)
     WTc = _transposed_W(W, bs[0])
     if WTc.size:
         _steps_back(G, H, WTc, carry, db, bs, off, reverse, relu)
@@ -124,13 +124,14 @@ def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, wa
         dU = np.dot(X.T, G)  # dU = Σ_t X_tᵀ dA_t
         dX = np.dot(G, U.T) if want_dX else np.empty((0, d), dtype=U.dtype)  # dX_t = dA_t Uᵀ
     else:
-        dU = np.zeros((d, h), dtype=U.dtype)
+        dU_acc = np.zeros((d, h), dtype=_ACC)
         for r in range(G.shape[0]):
             k = ids[r]
             for j in range(h):
-                dU[k, j] += G[r, j]
+                dU_acc[k, j] += G[r, j]  # dU = Σ_t X_tᵀ dA_t, one-hot X
+        dU = dU_acc.astype(U.dtype)
         dX = np.empty((0, d), dtype=U.dtype)
-    return dU, dW, db, dX
+    return dU, dW, db.astype(U.dtype), dX
 
 
 @njit(**NUMBA_FLAGS)
@@ -139,7 +140,7 @@ def _head_loss(Htop, V, c, y, scale):
     N = Htop.shape[0]
     v = V.shape[1]
     O = np.dot(Htop, V)
-    dc = np.zeros(v, dtype=V.dtype)
+    dc = np.zeros(v, dtype=_ACC)
     total = 0.0
     for r in range(N):
         row = O[r]
@@ -157,7 +158,7 @@ def _head_loss(Htop, V, c, y, scale):
             dc[k] += row[k]
     dV = np.dot(Htop.T, O)  # dV = Σ_t Htopᵀ dO_t
     dHtop = np.dot(O, V.T)  # ∂L/∂Htop = dO Vᵀ
-    return total, dV, dc, dHtop
+    return total, dV, dc.astype(V.dtype), dHtop
 
 
 @njit(**NUMBA_FLAGS)
