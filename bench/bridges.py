@@ -14,6 +14,10 @@ jax: the value and gradient of the loss (recurrence + head, float32) under
 ``jax.jit``, with :func:`fastrnn.jax.rnn_loss` against the same model written
 with ``lax.scan``. Target: ≥ 2× at char and small.
 
+Threads: --threads (default 1) sets OMP/OpenBLAS/MKL/Numba threads and torch's
+intra-op threads for both sides alike (and XLA's, for one); on a shared machine
+one thread per process keeps spinning pools from distorting the ratios.
+
 Variants take turns (interleaved): each turn runs one untimed step, then times
 a block of at least --block-ms; figures are medians over --repeats turns. The
 machine may be shared: only the ratios within one run mean anything. Before
@@ -23,7 +27,16 @@ timing, each pair is checked to agree (losses within 1e-4 relative).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+if __name__ == "__main__":  # thread counts must be set before numpy, numba, torch or jax load
+    _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+    if _threads == "1":
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np
 
@@ -53,6 +66,7 @@ def torch_steps(name):
     import fastrnn.torch as ft
 
     T, n, d, h, v, ids, L, bi = TORCH_CONFIGS[name]
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     x, y = _data(name)
     x, y = torch.from_numpy(x), torch.from_numpy(y).reshape(-1)
     torch.manual_seed(0)
@@ -143,8 +157,10 @@ def main(argv=None):
     ap.add_argument("--configs", nargs="*")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--block-ms", type=float, default=200.0)
+    ap.add_argument("--threads", default="1", help="threads for every library (read before they load)")
     args = ap.parse_args(argv)
-    print("median seconds per training step (interleaved turns, one run); speed-up = peer / fastrnn")
+    print("median seconds per training step (interleaved turns, one run); speed-up = peer / fastrnn;",
+          f"threads {os.environ.get('OMP_NUM_THREADS')}, backend {__import__('fastrnn').get_backend()}")
     if args.only in (None, "torch"):
         for name in args.configs or list(TORCH_CONFIGS):
             if name not in TORCH_CONFIGS:
