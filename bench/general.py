@@ -10,6 +10,8 @@ float32, the configurations of fastrnn.bench), on the same data:
 * ``2 layers``: num_layers=2, equal lengths; target ≤ 1.05 × (2 × ``1 layer``);
 * ``bidirectional``: one layer, both directions; target ≤ 2.0 × (≤ 1.5 × at
   char32 and small) ``1 layer``;
+* ``bidirectional, 1 thread``: the same with the two directions one after the
+  other (the library runs them side by side on two threads);
 * ``lengths``: lengths uniform in [T/4, T]; target ≤ 0.75 × ``1 layer`` (the
   same batch padded to T);
 * ``torch packed``: nn.RNN + nn.Linear + cross_entropy on a PackedSequence
@@ -43,10 +45,25 @@ def variants(config, backend, dtype, seed=0):
     deep2 = fastrnn.init_params(d, h, v, dtype=dtype, seed=seed, num_layers=2)
     bi = fastrnn.init_params(d, h, v, dtype=dtype, seed=seed, bidirectional=True)
     step = lambda p, **kw: (lambda: fastrnn.loss_and_grads(p, x, y, backend=backend, params_only=True, **kw))  # noqa: E731
+    from fastrnn.backends import _packed
+
+    threaded = _packed._both
+
+    def one_after_the_other(fn, args_fwd, args_rev):
+        return fn(*args_fwd), fn(*args_rev)
+
+    def sequential():
+        _packed._both = one_after_the_other
+        try:
+            return step(bi)()
+        finally:
+            _packed._both = threaded
+
     out = {
         "1 layer": step(params),
         "2 layers": step(deep2),
         "bidirectional": step(bi),
+        "bidirectional, 1 thread": sequential,
         "lengths": step(params, lengths=lengths),
     }
     from fastrnn.api import _general
@@ -134,6 +151,8 @@ def main(argv=None):
             print(f"  {'1 layer':<16}{one * 1e3:9.3f} ms")
             print(f"  {'2 layers':<16}{med['2 layers'] * 1e3:9.3f} ms   {med['2 layers'] / (2 * one):5.2f} × two 1-layer steps")
             print(f"  {'bidirectional':<16}{med['bidirectional'] * 1e3:9.3f} ms   {med['bidirectional'] / one:5.2f} × 1 layer")
+            seq = med["bidirectional, 1 thread"]
+            print(f"  {'  on 1 thread':<16}{seq * 1e3:9.3f} ms   {seq / one:5.2f} × 1 layer")
             print(f"  {'lengths':<16}{med['lengths'] * 1e3:9.3f} ms   {med['lengths'] / one:5.2f} × padded to T")
             if "torch packed" in med:
                 print(f"  {'torch packed':<16}{med['torch packed'] * 1e3:9.3f} ms   "

@@ -44,6 +44,10 @@ NUMBA = "src/fastrnn/backends/numba_kernels.py"
 CFFI = "src/fastrnn/backends/cffi_kernels.py"
 KERNELS = "csrc/kernels.inc"
 CMAIN = "csrc/fastrnn.c"
+NPACK = "src/fastrnn/backends/numba_packed.py"
+CPACK = "csrc/packed.inc"
+CFFIPACK = "src/fastrnn/backends/cffi_packed.py"
+PACKED = "src/fastrnn/backends/_packed.py"
 DEFAULT_TESTS = ["tests/test_branches.py", "tests/test_float32_sums.py", "tests/test_backends.py"]
 
 
@@ -129,6 +133,26 @@ MUTANTS = [
     Mutant("c-sum-tail", KERNELS, "    for (; k < v; k++) s0 += row[k];", "    for (; k < v - 1; k++) s0 += row[k];"),
     # ---- C: float64 sums (the new accumulators)
     Mutant("c-acc-float", CMAIN, "#define ACC double", "#define ACC REAL"),
+    # ---- the general model on packed sequences (run with --tests tests/test_lengths.py)
+    Mutant("pk-nothing-padded-flip", PACKED, "if off[T] == T * n:", "if off[T] != T * n:"),
+    Mutant("nbp-equal-flip", NPACK, "equal = bs[T - 1] == n", "equal = bs[T - 1] != n"),
+    Mutant("nbp-rev-h0-end", NPACK, "            Hs[N:] = h0s", "            Hs[N:] = 0"),
+    Mutant("nbp-rev-continuing-rows", NPACK, "k = bs[t + 1] if t + 1 < T else 0", "k = bs[t] if t + 1 < T else 0"),
+    Mutant("nbp-fwd-first-step", NPACK, "k = m if t > 0 else 0", "k = m if t > 1 else 0"),
+    Mutant("nbp-wt-view-untransposed", NPACK, "_steps_back(G, H, W.T, carry, db, bs, off, reverse, relu)",
+           "_steps_back(G, H, W, carry, db, bs, off, reverse, relu)"),
+    Mutant("nbp-backward-order", NPACK, "t = s if reverse else T - 1 - s", "t = T - 1 - s if reverse else s"),
+    Mutant("nbp-relu-kink", NPACK, "if Ht[i, j] > zero else zero", "if Ht[i, j] >= zero else zero"),
+    Mutant("nbp-ignored-rows", NPACK, "        if y[r] < 0:\n", "        if y[r] < -1:\n"),
+    Mutant("nbp-head-second-direction", NPACK, "    if H2.size:\n        np.dot(H2.T", "    if not H2.size:\n        np.dot(H2.T"),
+    Mutant("cffip-equal-flip", CFFIPACK, "equal = bs[-1] == n", "equal = bs[-1] != n"),
+    Mutant("cp-copy-prev-flip", CPACK, "        if (copy_prev) {", "        if (!copy_prev) {"),
+    Mutant("cp-rev-continuing-rows", CPACK, "const int k = reverse ? (t + 1 < T ? (int)bs[t + 1] : 0)",
+           "const int k = reverse ? (t + 1 < T ? (int)bs[t] : 0)"),
+    Mutant("cp-wt-flag-view-T-to-N", CPACK, "const char tb = WT ? 'N' : 'T';", "const char tb = WT ? 'N' : 'N';"),
+    Mutant("cp-backward-order", CPACK, "const int t = reverse ? s : T - 1 - s;", "const int t = reverse ? T - 1 - s : s;"),
+    Mutant("cp-relu-kink", CPACK, "g[k] = y[k] > 0 ? g[k] + carry[k] : 0;", "g[k] = y[k] >= 0 ? g[k] + carry[k] : 0;"),
+    Mutant("cp-head-second-direction", CPACK, "    if (H2) {\n        FN(gemm)('T'", "    if (!H2) {\n        FN(gemm)('T'"),
     # ---- the C wrapper's 32-bit size check
     Mutant("c-size-check-ge", CFFI, "> _INT_MAX:", ">= _INT_MAX:"),
 ]

@@ -5,8 +5,8 @@
  * Token-id inputs pass X = NULL and ids (T, n); dense inputs pass ids = NULL.
  * Every kernel returns 0, or a negative FASTRNN_E* code and touches nothing it
  * was not already allowed to write. The caller allocates the arrays named here;
- * the kernels malloc only small scratch, a copy of Wᵀ and double accumulators
- * for the sums over all rows, and free it before they return.
+ * the kernels malloc only small scratch (a copy of Wᵀ, double accumulators for
+ * the sums over all rows) and free it before they return.
  * copy_wt_below: the backward recurrence multiplies by a contiguous copy of Wᵀ
  * while n·h·h is below it, else by W transposed (fastrnn._config.COPY_WT_BELOW).
  * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran
@@ -95,12 +95,17 @@ int packed_backward_f64(double *dU, double *dW, double *db, double *dX, double *
                         const double *H, const double *Hprev, const double *U, const double *W,
                         const double *X, const int64_t *ids, const int64_t *bs, const int64_t *off,
                         int T, int n, int d, int h, int reverse, int relu, int64_t copy_wt_below);
-/* The softmax head over packed rows, Htop (N, Dh); targets y < 0 count for nothing. */
-int packed_head_loss_f32(double *loss, float *dV, float *dc, float *dHtop, float *O, const float *Htop,
-                         const float *V, const float *c, const int64_t *y, float scale, int N, int Dh, int v);
-int packed_head_loss_f64(double *loss, double *dV, double *dc, double *dHtop, double *O, const double *Htop,
-                         const double *V, const double *c, const int64_t *y, double scale, int N, int Dh, int v);
-int packed_head_probs_f32(float *P, const float *Htop, const float *V, const float *c, int N, int Dh, int v);
-int packed_head_probs_f64(double *P, const double *Htop, const double *V, const double *c, int N, int Dh, int v);
+/* The softmax head over packed rows, the top layer per direction: H1 (N, h1), H2 (N, h2)
+ * or NULL; dH1, dH2 likewise. O (N, v) scratch. Targets y < 0 count for nothing. */
+int packed_head_loss_f32(double *loss, float *dV, float *dc, float *dH1, float *dH2, float *O,
+                         const float *H1, const float *H2, const float *V, const float *c,
+                         const int64_t *y, float scale, int N, int h1, int h2, int v);
+int packed_head_loss_f64(double *loss, double *dV, double *dc, double *dH1, double *dH2, double *O,
+                         const double *H1, const double *H2, const double *V, const double *c,
+                         const int64_t *y, double scale, int N, int h1, int h2, int v);
+int packed_head_probs_f32(float *P, const float *H1, const float *H2, const float *V, const float *c,
+                          int N, int h1, int h2, int v);
+int packed_head_probs_f64(double *P, const double *H1, const double *H2, const double *V, const double *c,
+                          int N, int h1, int h2, int v);
 
 #endif

@@ -418,6 +418,7 @@ def _gradcheck_general(params, inputs, targets, h0, reduction, batch_first, back
             return a[:, None]
         return a.swapaxes(0, 1) if layout.batch_first else a
 
+    user = _Layout(np.shape(targets), batch_first)  # worst indices are reported in the caller's layout
     tensors, analytic = {}, {}
     if deep:
         for i, (U, W, b) in enumerate(cells):
@@ -451,7 +452,11 @@ def _gradcheck_general(params, inputs, targets, h0, reduction, batch_first, back
         got_all = np.asarray(analytic[name], dtype=np.float64)
         if got_all.shape != array.shape:
             raise ValueError(f"d{name} has shape {got_all.shape}, expected {array.shape} (time-major)")
-        report.checks[name] = _check_one_at_a_time(name, got_all, array, loss, eps, rtol, max_entries, rng)
+        where = (lambda i, name=name: user.user_index(name, i)) if name == "X" else None
+        if name == "h0" and layout.unbatched:
+            where = (lambda i: i[:-2] + i[-1:])  # drop the batch axis of one
+        report.checks[name] = _check_one_at_a_time(name, got_all, array, loss, eps, rtol, max_entries, rng,
+                                                   user_index=where)
 
     if check_A and getattr(grads, "A", None) is not None:
         dAs = [grads.A] if not deep else [a for layer in grads.A for a in layer]
@@ -459,13 +464,14 @@ def _gradcheck_general(params, inputs, targets, h0, reduction, batch_first, back
             name = "A" if not deep else f"l{i // D}{'r' if i % D else ''}.A"
             E = np.zeros((layout.T, layout.n, h))
             report.checks[name] = _check_one_at_a_time(name, tm(dA), E, lambda E=E, i=i: loss({i: E}), eps, rtol,
-                                                       max_entries, rng, noise=loss.noise)
+                                                       max_entries, rng, noise=loss.noise,
+                                                       user_index=lambda j: user.user_index("A", j))
     elif check_A:
         report.skipped.append("A")
     return report
 
 
-def _check_one_at_a_time(name, analytic, array, loss, eps, rtol, max_entries, rng, noise=None):
+def _check_one_at_a_time(name, analytic, array, loss, eps, rtol, max_entries, rng, noise=None, user_index=None):
     """Central differences of ``loss()`` over entries of ``array``, moved in place one at a time."""
     noise = loss.noise if noise is None else noise
     picked = _pick(array.shape, max_entries, rng)
@@ -486,4 +492,6 @@ def _check_one_at_a_time(name, analytic, array, loss, eps, rtol, max_entries, rn
     err = float(diff.max() / scale)
     allowed = rtol + noise / steps.min() / scale
     worst = tuple(int(i) for i in picked[int(diff.argmax())])
+    if user_index is not None:
+        worst = user_index(worst)  # the caller's layout
     return TensorCheck(name, err, worst, len(picked), array.size, bool(err <= allowed), allowed)

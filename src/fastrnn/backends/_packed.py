@@ -37,8 +37,10 @@ class Kernels(NamedTuple):
     layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX) -> (dU, dW, db, dX or None)
         G (N, h) = ∂L/∂H from above becomes dA; carry (n, h) enters as ∂L/∂(final
         state) and leaves as ∂L/∂h0 (sorted order)
-    head_loss(Htop, V, c, y, scale) -> (Σ −log Ŷ[y] over y >= 0, dV, dc, dHtop)
-    head_probs(Htop, V, c) -> Ŷ (N, v)
+    head_loss(tops, V, c, y, scale) -> (Σ −log Ŷ[y] over y >= 0, dV, dc, [∂L/∂top for each top])
+    head_probs(tops, V, c) -> Ŷ (N, v)
+        ``tops`` is the top layer's output per direction, [H] or [H_fwd, H_rev]
+        (each (N, h)): the head reads [H_fwd | H_rev] without building it.
     ``x`` is float (N, d) or intp ids (N,); h0s (n, h) in sorted order.
     """
 
@@ -124,18 +126,55 @@ def _forget_side():
 os.register_at_fork(after_in_child=_forget_side)
 
 
+def _blas_threads_local():
+    """OpenBLAS's per-thread thread count setter (``openblas_set_num_threads_local``,
+    OpenBLAS >= 0.3.27) in the library SciPy ships, whose GEMMs both fast backends
+    call; None where it is not found."""
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.origin:
+        return None
+    for path in sorted((Path(spec.origin).parent.parent / "scipy.libs").glob("libscipy_openblas-*.so")):
+        try:
+            fn = ctypes.CDLL(str(path)).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+        return fn
+    return None
+
+
+_SET_LOCAL = _blas_threads_local()
+
+
+def _one_blas_thread(fn, args):
+    """fn(*args) with this thread's BLAS calls on one thread: two directions on two
+    threads would otherwise queue for OpenBLAS's one thread pool."""
+    if _SET_LOCAL is None:
+        return fn(*args)
+    previous = _SET_LOCAL(1)
+    try:
+        return fn(*args)
+    finally:
+        _SET_LOCAL(previous)
+
+
 def _both(fn, args_fwd, args_rev):
     """fn on both directions, the reversed one on a second thread (the kernels release the GIL)."""
     global _side
     if _side is None:
         _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-direction")
-    future = _side.submit(fn, *args_rev)
-    forward = fn(*args_fwd)
+    future = _side.submit(_one_blas_thread, fn, args_rev)
+    forward = _one_blas_thread(fn, args_fwd)
     return forward, future.result()
 
 
 def _stack_forward(K, cells, D, x, h0, p, relu):
-    """Returns (top output (N, D·h), per-cell (input, H, Hprev), final states sorted (L·D, n, h))."""
+    """Returns (the top layer's outputs [(N, h) per direction], per-cell (input, H, Hprev),
+    final states sorted (L·D, n, h))."""
     h0s = h0[:, p.order] if p.rows is not None else h0
     caches, h_last = [], []
     for l in range(len(cells) // D):
@@ -144,21 +183,27 @@ def _stack_forward(K, cells, D, x, h0, p, relu):
         for k, (H, Hprev) in enumerate(outs):
             caches.append((x, H, Hprev))
             h_last.append(H[: len(p.order)] if k == 1 else H[p.last])  # reversed: its step 0; forward: own last
-        x = outs[0][0] if D == 1 else np.concatenate([outs[0][0], outs[1][0]], axis=1)
-    return x, caches, np.stack(h_last)
+        tops = [H for H, _ in outs]
+        if l + 1 < len(cells) // D:
+            x = tops[0] if D == 1 else np.concatenate(tops, axis=1)  # the next layer reads [H fwd | H rev]
+    return tops, caches, np.stack(h_last)
 
 
-def _stack_backward(K, cells, D, caches, dtop, dh_last_s, p, relu, want_dX):
+def _stack_backward(K, cells, D, caches, dtops, dh_last_s, p, relu, want_dX):
+    """dtops: ∂L/∂(top output) per direction."""
     grads, dAs = [None] * len(cells), [None] * len(cells)
     dh0 = np.empty_like(dh_last_s)
-    G = dtop
+    G = None
     for l in reversed(range(len(cells) // D)):
         args = []
         for k in range(D):
             U, W, _ = cells[l * D + k]
             x, H, Hprev = caches[l * D + k]
             h = W.shape[0]
-            G_k = G if D == 1 else np.ascontiguousarray(G[:, k * h : (k + 1) * h])
+            if G is None:
+                G_k = dtops[k]  # the top layer: the head's gradient, one array per direction
+            else:
+                G_k = G if D == 1 else np.ascontiguousarray(G[:, k * h : (k + 1) * h])
             dh0[l * D + k] = dh_last_s[l * D + k]
             args.append((G_k, H, Hprev, U, W, x, dh0[l * D + k], p.bs, p.off, k == 1, relu, want_dX or l > 0))
         outs = _both(K.layer_backward, *args) if D == 2 else [K.layer_backward(*args[0])]
@@ -174,7 +219,8 @@ def _stack_backward(K, cells, D, caches, dtop, dh_last_s, p, relu, want_dX):
 def deep_forward(K, cells, D, inputs, h0, lengths, relu):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    top, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    top = tops[0] if D == 1 else np.concatenate(tops, axis=1)
     return _unpack(top, p, T, n), _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
 
 
@@ -199,19 +245,19 @@ def deep_backward(K, cells, D, inputs, h0, lengths, relu, H, dH, dh_last, want_d
 def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    top, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
-    P = K.head_probs(top, V, c)
+    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    P = K.head_probs(tops, V, c)
     return _unpack(P, p, T, n), _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
 
 
 def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    top, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
     y = np.ascontiguousarray(_pack(targets, p))
-    total, dV, dc, dtop = K.head_loss(top, V, c, y, scale)
+    total, dV, dc, dtops = K.head_loss(tops, V, c, y, scale)
     dh_last = np.zeros_like(h_last)
-    grads, dh0, dX, dAs = _stack_backward(K, cells, D, caches, dtop, dh_last, p, relu, not params_only)
+    grads, dh0, dX, dAs = _stack_backward(K, cells, D, caches, dtops, dh_last, p, relu, not params_only)
     if params_only:
         dX = dAs = None
     else:

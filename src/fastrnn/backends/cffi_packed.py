@@ -86,29 +86,33 @@ def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX)
     return dU, dW, db, dX
 
 
-def head_loss(Htop, V, c, y, scale):
+def head_loss(tops, V, c, y, scale):
     dt = V.dtype
-    N, Dh = Htop.shape
+    H1, H2 = tops[0], (tops[1] if len(tops) == 2 else None)
+    N, h1 = H1.shape
+    h2 = 0 if H2 is None else H2.shape[1]
     v = V.shape[1]
-    _check_size(N * max(Dh, v), Dh * v)
+    _check_size(N * max(h1 + h2, v), (h1 + h2) * v)
     y64 = np.ascontiguousarray(y, dtype=np.int64)
-    Htop = np.ascontiguousarray(Htop)
-    dV, dc, dHtop, O = np.empty_like(V), np.empty(v, dt), np.empty((N, Dh), dt), np.empty((N, v), dt)
+    dV, dc, O = np.empty_like(V), np.empty(v, dt), np.empty((N, v), dt)
+    dH1 = np.empty((N, h1), dt)
+    dH2 = None if H2 is None else np.empty((N, h2), dt)
     loss = ffi.new("double *")
     a = _Args(dt)
-    _call(_FN[dt][2], loss, a.p(dV), a.p(dc), a.p(dHtop), a.p(O), a.p(Htop), a.p(V),
-          a.p(c), a.p(y64), dt.type(scale), N, Dh, v)
-    return loss[0], dV, dc, dHtop
+    _call(_FN[dt][2], loss, a.p(dV), a.p(dc), a.p(dH1), a.p(dH2), a.p(O), a.p(H1), a.p(H2), a.p(V),
+          a.p(c), a.p(y64), dt.type(scale), N, h1, h2, v)
+    return loss[0], dV, dc, [dH1] if H2 is None else [dH1, dH2]
 
 
-def head_probs(Htop, V, c):
+def head_probs(tops, V, c):
     dt = V.dtype
-    N, Dh = Htop.shape
+    H1, H2 = tops[0], (tops[1] if len(tops) == 2 else None)
+    N, h1 = H1.shape
+    h2 = 0 if H2 is None else H2.shape[1]
     v = V.shape[1]
-    Htop = np.ascontiguousarray(Htop)
     P = np.empty((N, v), dt)
     a = _Args(dt)
-    _call(_FN[dt][3], a.p(P), a.p(Htop), a.p(V), a.p(c), N, Dh, v)
+    _call(_FN[dt][3], a.p(P), a.p(H1), a.p(H2), a.p(V), a.p(c), N, h1, h2, v)
     return P
 
 

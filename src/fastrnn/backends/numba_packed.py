@@ -135,11 +135,24 @@ def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, wa
 
 
 @njit(**NUMBA_FLAGS)
-def _head_loss(Htop, V, c, y, scale):
-    """O = Htop V + c becomes dO = counted ⊙ (softmax(O) − onehot(y))·scale; y < 0 is not counted."""
-    N = Htop.shape[0]
+def _head_logits(H1, H2, V):
+    """O = [H1 | H2] V, without building [H1 | H2] (H2 may be empty: one direction)."""
+    h1 = H1.shape[1]
+    O = np.dot(H1, V[:h1])
+    if H2.size:
+        O2 = np.dot(H2, V[h1:])
+        for r in range(O.shape[0]):
+            for k in range(O.shape[1]):
+                O[r, k] += O2[r, k]
+    return O
+
+
+@njit(**NUMBA_FLAGS)
+def _head_loss(H1, H2, V, c, y, scale):
+    """O = [H1 | H2] V + c becomes dO = counted ⊙ (softmax(O) − onehot(y))·scale; y < 0 is not counted."""
+    N, h1 = H1.shape
     v = V.shape[1]
-    O = np.dot(Htop, V)
+    O = _head_logits(H1, H2, V)
     dc = np.zeros(v, dtype=_ACC)
     total = 0.0
     for r in range(N):
@@ -155,15 +168,21 @@ def _head_loss(Htop, V, c, y, scale):
             row[k] *= inv
         row[y[r]] -= scale  # dO = (Ŷ − onehot(y))·scale
         for k in range(v):
-            dc[k] += row[k]
-    dV = np.dot(Htop.T, O)  # dV = Σ_t Htopᵀ dO_t
-    dHtop = np.dot(O, V.T)  # ∂L/∂Htop = dO Vᵀ
-    return total, dV, dc.astype(V.dtype), dHtop
+            dc[k] += row[k]  # dc = Σ_t 1ᵀ dO_t
+    dV = np.empty_like(V)
+    np.dot(H1.T, O, dV[:h1])  # dV = Σ_t [H1 | H2]ᵀ dO_t, block by block
+    dH1 = np.dot(O, V[:h1].T)  # ∂L/∂[H1 | H2] = dO Vᵀ, block by block
+    if H2.size:
+        np.dot(H2.T, O, dV[h1:])
+        dH2 = np.dot(O, V[h1:].T)
+    else:
+        dH2 = np.empty((0, 0), dtype=V.dtype)
+    return total, dV, dc.astype(V.dtype), dH1, dH2
 
 
 @njit(**NUMBA_FLAGS)
-def _head_probs(Htop, V, c):
-    O = np.dot(Htop, V)
+def _head_probs(H1, H2, V, c):
+    O = _head_logits(H1, H2, V)
     _softmax_rows(O, c)
     return O
 
@@ -189,12 +208,17 @@ def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX)
     return dU, dW, db, (dX if ids.size == 0 and want_dX else None)
 
 
-def head_loss(Htop, V, c, y, scale):
-    return _head_loss(Htop, V, c, y, V.dtype.type(scale))
+_NO_H = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
 
 
-def head_probs(Htop, V, c):
-    return _head_probs(Htop, V, c)
+def head_loss(tops, V, c, y, scale):
+    H2 = tops[1] if len(tops) == 2 else _NO_H[V.dtype]
+    total, dV, dc, dH1, dH2 = _head_loss(tops[0], H2, V, c, y, V.dtype.type(scale))
+    return total, dV, dc, [dH1, dH2][: len(tops)]
+
+
+def head_probs(tops, V, c):
+    return _head_probs(tops[0], tops[1] if len(tops) == 2 else _NO_H[V.dtype], V, c)
 
 
 KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
