@@ -202,6 +202,14 @@ def test_adam_loop_matches_nn_rnn():
     assert rel.max() < 1e-5, rel.max()
 
 
+def test_in_place_change_of_the_output_is_refused():
+    m = ft.RNN(3, 2)
+    out, _ = m(torch.randn(4, 2, 3))
+    out.add_(1)  # the saved states share this memory, as nn.RNN's saved output does
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_state_dict_both_ways_and_conversions():
     plain = nn.RNN(4, 3, 2, bidirectional=True)
     ours = ft.RNN(4, 3, 2, bidirectional=True)

@@ -32,8 +32,34 @@ import fastrnn
 __all__ = ["rnn", "rnn_loss", "SimpleRNN"]
 
 
-def _shape(a):
-    return jax.ShapeDtypeStruct(a.shape, a.dtype)
+def _flat_call(host, shapes, dtype, *args):
+    """``jax.pure_callback(host, ..., *args)`` for a host function that returns several arrays
+    of one dtype. Each crossing costs per array, so the arguments travel as one flat buffer
+    per dtype and the results as one flat buffer, packed and split under jit."""
+    groups = {}  # dtype -> positions of the arguments of that dtype
+    for i, a in enumerate(args):
+        groups.setdefault(jnp.dtype(a.dtype), []).append(i)
+    buffers = [jnp.concatenate([jnp.ravel(args[i]) for i in idx]) for idx in groups.values()]
+    arg_shapes = [a.shape for a in args]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def flat_host(*bufs):
+        unpacked = [None] * len(args)
+        for buf, idx in zip(bufs, groups.values()):
+            buf, o = np.asarray(buf), 0
+            for i in idx:
+                size = int(np.prod(arg_shapes[i]))
+                unpacked[i] = buf[o : o + size].reshape(arg_shapes[i])
+                o += size
+        return np.concatenate([np.asarray(r, dtype).ravel() for r in host(*unpacked)])
+
+    flat = jax.pure_callback(flat_host, jax.ShapeDtypeStruct((sum(sizes),), dtype), *buffers,
+                             vmap_method="sequential")
+    out, o = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(flat[o : o + size].reshape(shape))
+        o += size
+    return out
 
 
 def _zero_cotangent(a):
@@ -54,8 +80,7 @@ def _rnn_call(x, U, W, b, h0, nonlinearity, backend):
         return fastrnn.rnn_forward(np.asarray(x), np.asarray(U), np.asarray(W), np.asarray(b), np.asarray(h0),
                                    nonlinearity=nonlinearity, backend=backend)
 
-    out = jax.ShapeDtypeStruct(x.shape[:2] + (W.shape[0],), U.dtype)
-    return jax.pure_callback(host, out, x, U, W, b, h0, vmap_method="sequential")
+    return _flat_call(lambda *a: (host(*a),), [x.shape[:2] + (W.shape[0],)], U.dtype, x, U, W, b, h0)[0]
 
 
 def _rnn_fwd(xh, U, W, b, nonlinearity, backend):
@@ -74,9 +99,8 @@ def _rnn_bwd(nonlinearity, backend, res, dH):
         dX = np.zeros((0,), U.dtype) if g.X is None else g.X
         return g.U, g.W, g.b, g.h0, dX
 
-    shapes = (_shape(U), _shape(W), jax.ShapeDtypeStruct((W.shape[0],), U.dtype), _shape(h0),
-              jax.ShapeDtypeStruct((0,) if ids else x.shape, U.dtype))
-    dU, dW, db, dh0, dX = jax.pure_callback(host, shapes, dH, H, x, U, W, h0, vmap_method="sequential")
+    shapes = (U.shape, W.shape, (W.shape[0],), h0.shape, (0,) if ids else x.shape)
+    dU, dW, db, dh0, dX = _flat_call(host, shapes, U.dtype, dH, H, x, U, W, h0)
     return ((_zero_cotangent(x) if ids else dX, dh0), dU, dW, db)
 
 
@@ -118,11 +142,10 @@ def _loss_fwd(weights, xh, y, reduction, backend):
         loss, g, _ = fastrnn.loss_and_grads(p, np.asarray(x), np.asarray(y), h0=np.asarray(h0), reduction=reduction,
                                             backend=backend)
         dX = np.zeros((0,), p.U.dtype) if g.X is None else g.X
-        return np.asarray(loss, p.U.dtype), g.U, g.W, g.V, g.b, g.c, g.h0, dX
+        return loss, g.U, g.W, g.V, g.b, g.c, g.h0, dX
 
-    shapes = (jax.ShapeDtypeStruct((), U.dtype), *(_shape(a) for a in (U, W, V, b, c, h0)),
-              jax.ShapeDtypeStruct((0,) if ids else x.shape, U.dtype))
-    loss, *grads = jax.pure_callback(host, shapes, U, W, V, b, c, x, y, h0, vmap_method="sequential")
+    shapes = ((), *(a.shape for a in (U, W, V, b, c, h0)), (0,) if ids else x.shape)
+    loss, *grads = _flat_call(host, shapes, U.dtype, U, W, V, b, c, x, y, h0)
     return loss, (grads, x, y)
 
 

@@ -65,11 +65,14 @@ class _Stack(torch.autograd.Function):
             dropout_masks=masks, backend=backend,
         )
         ctx.tape, ctx.cfg = tape, cfg
-        return torch.from_numpy(out), torch.from_numpy(h_last)
+        out = torch.from_numpy(out)
+        ctx.save_for_backward(out)  # the tape may share its memory: autograd then refuses in-place changes to it
+        return out, torch.from_numpy(h_last)
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
         L, D, bias, *_ = ctx.cfg
+        ctx.saved_tensors  # raises if the output was modified in place since forward
         layers, dh0, dX = packed_backward(
             ctx.tape,
             None if d_out is None else _np(d_out),
