@@ -35,6 +35,25 @@ def lengths_of(batch_sizes):
     return (bs[None, :] > np.arange(bs[0])[:, None]).sum(axis=1).astype(np.intp)
 
 
+_STEPS = {}  # batch_sizes' bytes -> (bs, off, last): a training loop repeats the same few
+
+
+def _steps(batch_sizes, N):
+    """(bs, off, last) for validated batch sizes; ``last`` is each sorted sequence's last packed row."""
+    bs = np.asarray(batch_sizes)
+    key = (bs.dtype.str, bs.shape, bs.tobytes()) if bs.size <= 4096 else None
+    hit = _STEPS.get(key)
+    if hit is not None and hit[1][-1] == N:
+        return hit
+    bs, off = _check_batch_sizes(bs, N)
+    steps = (bs, off, off[lengths_of(bs) - 1] + np.arange(bs[0]))
+    if key is not None:
+        if len(_STEPS) > 64:
+            _STEPS.clear()
+        _STEPS[key] = steps
+    return steps
+
+
 def _check_batch_sizes(batch_sizes, N):
     bs = np.asarray(batch_sizes)
     if bs.ndim != 1 or bs.size == 0 or bs.dtype.kind not in "iu":
@@ -107,7 +126,7 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
         if x.dtype != dtype or x.ndim != 2 or x.shape[1] != d:
             raise ValueError(f"data must be {dtype} of shape (N, d={d}), got {x.dtype} {x.shape}")
         x = np.ascontiguousarray(x)
-    bs, off = _check_batch_sizes(batch_sizes, len(x))
+    bs, off, last = _steps(batch_sizes, len(x))
     n, LD = int(bs[0]), len(flat)
     if h0 is None:
         h0 = np.zeros((LD, n, h), dtype)
@@ -120,7 +139,6 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
         dropout_masks = [np.asarray(m, dtype=dtype) for m in dropout_masks]
         if len(dropout_masks) != len(layers) - 1 or any(m.shape != (len(x), D * h) for m in dropout_masks):
             raise ValueError(f"dropout_masks must be L−1={len(layers) - 1} arrays of shape (N, D·h)")
-    last = off[lengths_of(bs) - 1] + np.arange(n)
     return _stack.forward(be, flat, D, x, h0, bs, off, last, relu, dropout_masks)
 
 
