@@ -271,3 +271,16 @@ def test_missing_torch_is_named():
     code = "import sys; sys.modules['torch'] = None; import fastrnn.torch"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0 and "fastrnn[torch]" in r.stderr and "PyTorch" in r.stderr
+
+
+def test_readme_example_runs():
+    """The README's one-line swap runs and gives the shapes it states."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## From PyTorch, JAX and Keras"):]
+    start = section.index("```python") + len("```python")
+    scope = {}
+    exec(compile(section[start : section.index("```\n", start)], "README", "exec"), scope)
+    assert scope["output"].shape == (16, 50, 256) and scope["h_n"].shape == (4, 16, 128)
+    assert type(scope["plain"]) is nn.RNN and isinstance(scope["rnn"], ft.RNN)
