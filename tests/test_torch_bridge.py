@@ -210,6 +210,15 @@ def test_in_place_change_of_the_output_is_refused():
         out.sum().backward()
 
 
+def test_double_backward_is_refused():
+    m = ft.RNN(3, 2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = m(x)
+    (gx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
 def test_state_dict_both_ways_and_conversions():
     plain = nn.RNN(4, 3, 2, bidirectional=True)
     ours = ft.RNN(4, 3, 2, bidirectional=True)

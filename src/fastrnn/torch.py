@@ -22,6 +22,7 @@ from __future__ import annotations
 try:
     import torch
     from torch import nn
+    from torch.autograd.function import once_differentiable
     from torch.nn.utils.rnn import PackedSequence
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError(
@@ -70,6 +71,7 @@ class _Stack(torch.autograd.Function):
         return out, torch.from_numpy(h_last)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: double backward raises
     def backward(ctx, d_out, d_hn):
         L, D, bias, *_ = ctx.cfg
         ctx.saved_tensors  # raises if the output was modified in place since forward
