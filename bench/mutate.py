@@ -65,20 +65,23 @@ MUTANTS = [
     Mutant("nb-wt-cutoff-le", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h <= COPY_WT_BELOW:"),
     Mutant("nb-wt-cutoff-flip", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h >= COPY_WT_BELOW:"),
     Mutant("nb-wt-copy-untransposed", NUMBA, "return np.ascontiguousarray(W.T)", "return np.ascontiguousarray(W)"),
-    Mutant("nb-wt-view-untransposed", NUMBA, "_steps_back(G, H, W.T, carry, db)", "_steps_back(G, H, W, carry, db)"),
-    Mutant("nb-wt-size-flip", NUMBA, "    if WTc.size:\n", "    if not WTc.size:\n"),
+    Mutant("nb-wt-view-untransposed", NUMBA, "np.dot(Gt, W.T, carry)", "np.dot(Gt, W, carry)"),
+    Mutant("nb-wt-size-flip", NUMBA, "if WTc.size:  # dA_t", "if not WTc.size:  # dA_t"),
     # ---- Numba: other transposes
     Mutant("nb-dV-transpose", NUMBA, "dV = np.dot(H.T, O)", "dV = np.dot(H, O.T)"),
     Mutant("nb-dOVT-transpose", NUMBA, "np.dot(O, V.T, G.reshape(T * n, h))", "np.dot(O, V, G.reshape(T * n, h))"),
     Mutant("nb-dW-transpose", NUMBA, "dW = np.dot(Hs[:T].reshape(T * n, h).T, dA)", "dW = np.dot(dA.T, Hs[:T].reshape(T * n, h))"),
-    Mutant("nb-dU-transpose", NUMBA, "dU = np.dot(X.reshape(T * n, d).T, dA)", "dU = np.dot(dA.T, X.reshape(T * n, d)).T.copy()"),
+    # (dAᵀX)ᵀ is XᵀdA itself, so a mutant that swaps the operands is equivalent; this one pairs
+    # each row of X with another timestep's dA, as a wrong transpose of the (T·n, d) view would.
+    Mutant("nb-dU-transpose", NUMBA, "dU = np.dot(X.reshape(T * n, d).T, dA)", "dU = np.dot(X.reshape(T * n, d)[::-1].T, dA)"),
     Mutant("nb-dX-transpose", NUMBA, "dX = np.dot(dA, U.T).reshape(T, n, d)", "dX = np.dot(dA, U.T[::-1]).reshape(T, n, d)"),
     Mutant("nb-chunk-dOVT-transpose", NUMBA, "np.dot(O[t0 * n : t1 * n], V.T, rows)", "np.dot(O[t0 * n : t1 * n], V.T[::-1], rows)"),
     Mutant("nb-chunk-dW-transpose", NUMBA, "np.dot(Hs[t0:t1].reshape(m * n, h).T, rows, part_hh)",
            "np.dot(rows.T, Hs[t0:t1].reshape(m * n, h), part_hh)"),
     # ---- Numba: params_only chunks
     Mutant("nb-chunk-ceil-T", NUMBA, "max(-(-T // _CHUNKS),", "max(T // _CHUNKS,"),
-    Mutant("nb-chunk-ceil-rows", NUMBA, "-(-_MIN_CHUNK_ROWS // n)))", "_MIN_CHUNK_ROWS // n))"),
+    Mutant("nb-chunk-ceil-rows", NUMBA, "-(-_MIN_CHUNK_ROWS // n)))", "_MIN_CHUNK_ROWS // n))",
+           equivalent="floor instead of ceil of the 256-row floor only changes how many steps a chunk holds"),
     Mutant("nb-chunk-max-min", NUMBA, "return min(T, max(", "return min(T, min("),
     Mutant("nb-chunk-cap-T", NUMBA, "return min(T, max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n)))",
            "return max(-(-T // _CHUNKS), -(-_MIN_CHUNK_ROWS // n))",

@@ -7,6 +7,7 @@ the readable reference every other is tested against. See :func:`backends`.
 """
 
 from ._params import Cell, DeepGrads, DeepParams, Grads, LayerGrads, Params, init_params
+from ._threads import get_num_threads, set_num_threads
 from .api import loss_and_grads, predict_proba, rnn_backward, rnn_forward
 from .backends import backends, get_backend, set_backend, unavailable
 from .data import Batcher, Vocab
@@ -34,6 +35,8 @@ __all__ = [
     "get_backend",
     "set_backend",
     "unavailable",
+    "set_num_threads",
+    "get_num_threads",
     "CharRNN",
     "Vocab",
     "Batcher",

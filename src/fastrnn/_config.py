@@ -24,3 +24,11 @@ NUMBA_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy
 #: large (bench/compare.py figures in the README). Both fast backends read this
 #: one value (the C kernels take it as an argument).
 COPY_WT_BELOW = 1 << 20
+
+#: Environment variable fixing the BLAS threads of fastrnn's calls: a positive
+#: integer, or "auto" (the default: every core the process may use while the
+#: machine is otherwise idle, one thread while other work keeps it busy).
+THREADS_ENV = "FASTRNN_NUM_THREADS"
+
+#: The thread setting the environment asks for, or None. Read once, at import.
+REQUESTED_THREADS = os.environ.get(THREADS_ENV, "").strip().lower() or None

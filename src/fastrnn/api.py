@@ -294,3 +294,42 @@ def _general_rnn_backward(dH, H, inputs, U, W, h0, dh_last, batch_first, backend
         [(U, W, b)], 1, x, h0, _full_lengths(lengths, layout), relu, H, dH, dh_last
     )
     return LayerGrads(dU, dW, db, layout.state_to_user(dh0[0]), layout.seq_to_user(dX), layout.seq_to_user(dA))
+
+
+# --------------------------------------------------------------------------
+# The trusted per-step path. Trainer and CharRNN.sample check the parameters
+# once (:func:`_checked_params`) and then call these every step: they check
+# the batch (inputs, targets, h0) exactly as the public functions do, and
+# trust the parameters. Not public: a caller that swaps or edits the
+# parameters between steps must check them again.
+# --------------------------------------------------------------------------
+
+
+def _checked_params(params):
+    """``params`` as the public functions check them, and whether the checked
+    Params holds the very arrays given (True: in-place updates stay visible)."""
+    p = check.check_params(params)
+    return p, all(a is b for a, b in zip(p, params))
+
+
+def _step_loss_and_grads(p, inputs, targets, h0, backend=None, reduction="mean"):
+    """:func:`loss_and_grads` with ``params_only=True`` on parameters already
+    checked by :func:`_checked_params`."""
+    be = resolve(backend)
+    d, h = p.U.shape
+    x, layout = check.check_inputs(inputs, d, p.U.dtype, False)
+    y = check.check_targets(targets, layout, p.V.shape[1])
+    h0 = check.check_h0(h0, layout, h, p.U.dtype)
+    scale = check.check_reduction(reduction, layout.T, layout.n)
+    loss, dU, dW, dV, db, dc, dh0, _, _, h_last = be.loss_and_grads(*p, x, y, h0, scale, True)
+    return float(loss), Grads(dU, dW, dV, db, dc, layout.state_to_user(dh0), None, None), layout.state_to_user(h_last)
+
+
+def _step_probs(p, inputs, h0, backend=None):
+    """:func:`predict_proba` on parameters already checked by :func:`_checked_params`."""
+    be = resolve(backend)
+    d, h = p.U.shape
+    x, layout = check.check_inputs(inputs, d, p.U.dtype, False)
+    h0 = check.check_h0(h0, layout, h, p.U.dtype)
+    P, h_last = be.probs(*p, x, h0)
+    return layout.seq_to_user(P), layout.state_to_user(h_last)

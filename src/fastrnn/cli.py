@@ -61,6 +61,42 @@ _positive_float = _hyperparameter("positive")
 TRAIN_DEFAULTS = {"hidden": 256, "seq_len": 50, "batch": 32, "optimizer": "adam", "dtype": "float32", "clip": 5.0}
 
 
+def _threads_arg(text):
+    from ._threads import check
+
+    try:
+        return check(text, "--threads") or "auto"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _say_when_compiling():
+    """Print one line when Numba starts compiling (a cold cache), so that a long
+    first step is explained. One listener per process, however often called."""
+    global _notice
+    if _notice is None:
+        from numba.core import event
+
+        class CompileNotice(event.Listener):
+            said = False
+
+            def on_start(self, ev):
+                if not self.said:
+                    self.said = True
+                    print("fastrnn: compiling the Numba kernels for this machine "
+                          "(once; later runs load them from the cache)...", flush=True)
+
+            def on_end(self, ev):
+                pass
+
+        _notice = CompileNotice()
+        event.register("numba:compile", _notice)
+    return _notice
+
+
+_notice = None
+
+
 def build_parser():
     from .backends import BACKEND_ORDER
     from .optim import DEFAULT_LR, OPTIMIZERS
@@ -83,6 +119,8 @@ def build_parser():
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip by global norm instead")
     t.add_argument("--backend", choices=BACKEND_ORDER, default=None)
     t.add_argument("--dtype", choices=("float32", "float64"), default=None, help="(default float32)")
+    t.add_argument("--threads", type=_threads_arg, default=None, metavar="K",
+                   help="BLAS threads, a positive integer or 'auto' (default: $FASTRNN_NUM_THREADS, else auto)")
     t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.05, help="held-out tail for validation (default 0.05)")
     t.add_argument("--out", default="model.npz", help="checkpoint path (default model.npz)")
@@ -101,6 +139,7 @@ def build_parser():
     s.add_argument("--prime", default="")
     s.add_argument("--seed", type=_non_negative_int, default=None)
     s.add_argument("--backend", choices=BACKEND_ORDER, default=None)
+    s.add_argument("--threads", type=_threads_arg, default=None, metavar="K", help="BLAS threads (as for train)")
 
     sub.add_parser("backends", help="list the backends available here, default first")
 
@@ -150,11 +189,14 @@ def _check_output(flag, path):
 
 def _resume_command(args):
     corpus = f" {args.corpus}" if args.corpus else ""
-    return f"fastrnn train{corpus} --out {args.out} --resume"
+    comm = getattr(args, "comm", None)
+    launcher = f"mpiexec -n {comm.Get_size()} " if comm is not None else ""
+    return f"{launcher}fastrnn train{corpus} --out {args.out} --resume"
 
 
 def cmd_train(args):
-    from . import CharRNN, get_backend
+    from . import CharRNN, get_backend, set_num_threads
+    from ._config import REQUESTED_THREADS
     from .data import Vocab
     from .train import Trainer, TrainingInterrupted
 
@@ -181,20 +223,35 @@ def cmd_train(args):
     n_val = int(len(ids) * args.val_fraction)
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     backend = args.backend or get_backend()
+    comm = getattr(args, "comm", None)
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    elif comm is not None and REQUESTED_THREADS is None:
+        # the machine's cores shared among the ranks on it
+        from ._threads import NCPU
+        from .distributed import local_size
+
+        set_num_threads(max(1, NCPU // local_size(comm)))
+    if backend == "numba":
+        _say_when_compiling()
     if args.resume:
-        trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend)
+        trainer = Trainer.resume(args.out, train_ids, val_ids=val_ids, backend=backend, comm=comm)
         model = trainer.model
         if model.vocab != vocab:
             raise UsageError(f"{args.out}: was trained on a corpus with another vocabulary")
         _refuse_conflicts(args, trainer)
         print(f"fastrnn: resuming {args.out} from step {trainer.step_count}")
+        if trainer.resplit_from is not None:
+            print(f"fastrnn: note: {args.out} was written by {trainer.resplit_from} process(es) and this run has "
+                  f"{1 if comm is None else comm.Get_size()}: the {trainer.batch} streams are split anew, so the "
+                  "run continues the same training but is not bit-identical to one that never stopped")
     else:
         given = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
         cfg = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
         model = CharRNN(vocab, cfg["hidden"], dtype=cfg["dtype"], seed=args.seed, backend=backend)
         trainer = Trainer(
             model, train_ids, seq_len=cfg["seq_len"], batch=cfg["batch"], optimizer=cfg["optimizer"], lr=args.lr,
-            clip=None if args.clip_norm else cfg["clip"], clip_norm=args.clip_norm, val_ids=val_ids,
+            clip=None if args.clip_norm else cfg["clip"], clip_norm=args.clip_norm, val_ids=val_ids, comm=comm,
         )
         if out_exists:
             print(f"fastrnn: --force: {args.out} will be replaced")
@@ -205,6 +262,9 @@ def cmd_train(args):
         f"{trainer.optimizer_name} lr={trainer.optimizer.lr:g}"
     )
     print(f"fastrnn: ln(vocabulary) = {baseline:.3f} nats/char is the loss of a model that learned nothing")
+    if comm is not None:
+        print(f"fastrnn: data-parallel over {comm.Get_size()} MPI ranks, "
+              f"{trainer._rows.stop - trainer._rows.start} to {-(-trainer.batch // comm.Get_size())} streams each")
     first = trainer.step_count
     t0 = time.perf_counter()
     try:
@@ -214,7 +274,8 @@ def cmd_train(args):
         )
     except TrainingInterrupted as exc:
         resume = f"; resume with: {_resume_command(args)}" if exc.checkpoint else ""
-        print(f"fastrnn: {exc}{resume}", file=sys.stderr)
+        if trainer.is_root:
+            print(f"fastrnn: {exc}{resume}", file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - t0
     done = trainer.step_count - first
@@ -226,6 +287,8 @@ def cmd_train(args):
         line += f", validation {history.val_loss[-1]:.3f} (perplexity {np.exp(history.val_loss[-1]):.2f})"
     print(line)
     print(f"fastrnn: checkpoint written to {args.out}")
+    if not trainer.is_root:
+        return 0  # rank 0 reports, plots and samples
     if args.plot:
         _plot(history, baseline, args.plot)
         print(f"fastrnn: loss curve written to {args.plot}")
@@ -277,7 +340,11 @@ def _plot(history, baseline, path):
 
 
 def cmd_sample(args):
+    from . import set_num_threads
     from .checkpoint import load_model
+
+    if args.threads is not None:
+        set_num_threads(args.threads)
 
     model = load_model(args.model, backend=args.backend)
     try:
@@ -332,31 +399,85 @@ def cmd_bench(args):
 
 
 def main(argv=None):
+    from . import distributed
+
+    if distributed.launched_by_mpi():
+        return _main_on_every_rank(argv)
+    return _main(argv)
+
+
+def _main_on_every_rank(argv):
+    """``mpiexec -n K fastrnn train ...``: every rank runs the command with the
+    world communicator; rank 0 alone prints. An error that one rank meets alone
+    would leave the others waiting in the next collective, so any failure other
+    than the trainer's own (which every rank raises together) aborts the job."""
+    import contextlib
+    import os
+
+    from . import distributed
+
+    comm = distributed.world()
+    rank = comm.Get_rank()
+    quiet = open(os.devnull, "w") if rank else None
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            rc = _main(argv, comm=comm)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), the same on every rank
+        if exc.code not in (0, None):
+            comm.Abort(2)
+        raise
+    except BaseException:
+        import traceback
+
+        print(f"fastrnn: rank {rank} failed:", file=sys.stderr)
+        traceback.print_exc()
+        comm.Abort(1)
+        raise
+    if rc not in (0, 130) and not _collective_failure[0]:
+        comm.Abort(rc)  # the others may be waiting for this rank: end them too
+    return rc
+
+
+#: Set when the command ended with an error that every rank raised together.
+_collective_failure = [False]
+
+
+def _main(argv=None, comm=None, stderr=None):
     from .checkpoint import CheckpointError
+    from .distributed import DistributedError
     from .train import TrainingDiverged
 
+    stderr = stderr or sys.stderr
+    rank = 0 if comm is None else comm.Get_rank()
+    who = f" (rank {rank})" if rank else ""
     args = build_parser().parse_args(argv)
+    args.comm = comm
     command = {"train": cmd_train, "sample": cmd_sample, "backends": cmd_backends, "bench": cmd_bench}[args.command]
     try:
         return command(args)
+    except (DistributedError, TrainingDiverged) as exc:  # raised by every rank alike
+        _collective_failure[0] = comm is not None
+        if rank == 0:
+            print(f"fastrnn: error: {exc}", file=stderr)
+        return 2
     except (UsageError, CheckpointError, TrainingDiverged, ValueError, TypeError, RuntimeError) as exc:
-        print(f"fastrnn: error: {exc}", file=sys.stderr)
+        print(f"fastrnn{who}: error: {exc}", file=stderr)
         return 2
     except MemoryError as exc:
         detail = f" ({exc})" if str(exc) else ""
-        print(f"fastrnn: error: out of memory{detail}; try a smaller --hidden, --batch or --seq-len", file=sys.stderr)
+        print(f"fastrnn{who}: error: out of memory{detail}; try a smaller --hidden, --batch or --seq-len", file=stderr)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fastrnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"fastrnn{who}: error: {where}{exc.strerror or exc}", file=stderr)
         return 2
     except KeyboardInterrupt:
-        print("fastrnn: interrupted", file=sys.stderr)
+        print(f"fastrnn{who}: interrupted", file=stderr)
         return 130
     except SystemError as exc:  # a Ctrl-C that landed inside a compiled kernel
         if not isinstance(exc.__context__, KeyboardInterrupt):
             raise
-        print("fastrnn: interrupted", file=sys.stderr)
+        print(f"fastrnn{who}: interrupted", file=stderr)
         return 130
 
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim
+from . import _threads, api, optim
 from .api import predict_proba
 from .checkpoint import CheckpointError, check_output_path, load_checkpoint, save_checkpoint
 from .data import Batcher
+from .model import CharRNN
 from .optim import TrainingDiverged
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "History", "evaluate"]
@@ -148,12 +149,28 @@ class Trainer:
 
     ``lr=None`` takes the optimizer's default, :data:`fastrnn.optim.DEFAULT_LR`
     (the command line's default too). ``optimizer_args`` are the optimizer's
-    other keyword arguments.
+    other keyword arguments. ``threads`` fixes the BLAS threads of this
+    trainer's steps (a positive integer); None follows
+    :func:`fastrnn.set_num_threads` (default: auto).
+
+    The parameters are checked once (again if ``model.params`` is replaced);
+    each step then checks only its batch.
+
+
+    ``comm`` (an mpi4py communicator, see :mod:`fastrnn.distributed`) trains
+    data-parallel: every rank runs this same code, takes its slice of the
+    ``batch`` streams, and the gradients are summed across ranks once per step,
+    so each update equals the one-process update on the whole batch (to
+    rounding). Every rank applies it and holds the same parameters (checked
+    every ``sync_every`` steps) and the whole batch's hidden state; rank 0
+    alone validates and writes checkpoints. Callbacks run on every rank and
+    must decide alike.
     """
 
     def __init__(
         self, model, train_ids, *, seq_len=50, batch=32, optimizer="adam", lr=None,
         clip=5.0, clip_norm=None, val_ids=None, optimizer_args=None, reduction="mean",
+        threads=None, comm=None, sync_every=100,
     ):
         if not all(hasattr(model, a) for a in ("params", "vocab", "zero_state", "loss_and_grads")):
             raise TypeError(f"model must be a fastrnn.CharRNN, got {type(model).__name__}")
@@ -183,6 +200,24 @@ class Trainer:
         self._diverged = False
         self._saved_at = None  # (path, step) of the last checkpoint this trainer wrote
         self.history = History()
+        self.threads = _threads.check(threads)  # None: the global setting
+        self._seen_params = self._checked = None
+        self.comm = comm
+        self._stop_requested = lambda: False  # run() replaces it with its Ctrl-C flag
+        self._stop_all = False  # under MPI: some rank asked to stop at this step
+        if comm is not None:
+            from . import distributed
+
+            self.sync_every = _positive_int("sync_every", sync_every)
+            self._rows = distributed.split_streams(self.batch, comm.Get_size(), comm.Get_rank())
+            share = (self._rows.stop - self._rows.start) / self.batch
+            self._reducer = distributed.Reducer(comm, weight=share if reduction == "mean" else 1.0)
+            distributed.check_in_sync(model.params, comm, step=self.step_count)
+
+    @property
+    def is_root(self):
+        """True in a one-process run, and on rank 0 of a data-parallel one."""
+        return self.comm is None or self.comm.Get_rank() == 0
 
     @property
     def smooth(self):
@@ -193,8 +228,24 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------
     def _loss_and_grads(self, x, y, h0):
-        """The one call into the numerical API per step."""
-        return self.model.loss_and_grads(x, y, h0=h0, reduction=self.reduction)
+        """The one call into the numerical API per step: parameters checked once, the batch every step."""
+        with _threads.using(self.threads):
+            params = self._trusted_params()
+            if params is None:
+                return self.model.loss_and_grads(x, y, h0=h0, reduction=self.reduction)
+            return api._step_loss_and_grads(params, x, y, h0, self.model.backend, self.reduction)
+
+    def _trusted_params(self):
+        """The model's parameters, checked when first seen (again if they are
+        replaced); None when checking copied them (so each step must check), or
+        when the model is not a plain CharRNN (its own loss_and_grads is called)."""
+        model = self.model
+        if "loss_and_grads" in vars(model) or getattr(type(model), "loss_and_grads", None) is not CharRNN.loss_and_grads:
+            return None
+        if model.params is not self._seen_params:
+            p, same = api._checked_params(model.params)
+            self._seen_params, self._checked = model.params, (p if same else None)
+        return self._checked
 
     def step(self):
         if self._diverged:
@@ -203,7 +254,10 @@ class Trainer:
         x, y, reset = self.batcher.next()
         h0 = np.zeros_like(self.h) if reset else self.h  # the streams start over: no state to carry
         try:
-            loss, grads, h_last = self._loss_and_grads(x, y, h0)
+            if self.comm is None:
+                loss, grads, h_last = self._loss_and_grads(x, y, h0)
+            else:
+                loss, grads, h_last = self._data_parallel_loss_and_grads(x, y, h0)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"the loss became {loss} at step {self.step_count + 1}")
             if self.clip_norm is not None:
@@ -234,7 +288,40 @@ class Trainer:
         self.history.loss.append(loss)
         self.history.smooth_loss.append(self.smooth)
         self._consistent = True
+        if self.comm is not None and self.step_count % self.sync_every == 0:
+            from .distributed import check_in_sync
+
+            check_in_sync(self.model.params, self.comm, step=self.step_count)
         return loss
+
+    def _data_parallel_loss_and_grads(self, x, y, h0):
+        """This rank's slice of the step, then one Allreduce: the whole batch's
+        gradients (weighted), loss and hidden state on every rank, and whether
+        any rank asked to stop."""
+        rows = self._rows
+        try:
+            loss, grads, h_last = self._loss_and_grads(
+                np.ascontiguousarray(x[:, rows]), np.ascontiguousarray(y[:, rows]), h0[rows]
+            )
+        except Exception as exc:  # every rank stops with this rank's message
+            self._reducer.fail(exc, like=self.model.params, state_shape=self.h.shape)
+        loss, h_all, self._stop_all = self._reducer.reduce(
+            grads, loss, state=h_last, rows=rows, batch=self.batch, stop=self._stop_requested()
+        )
+        return loss, grads, h_all
+
+    def _on_root(self, check):
+        """Run ``check`` on rank 0 and raise its exception on every rank."""
+        error = None
+        if self.is_root:
+            try:
+                check()
+            except Exception as exc:
+                error = exc
+        if self.comm is not None:
+            error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise error
 
     # -- the loop ----------------------------------------------------------
     def run(self, steps, *, progress=True, eval_every=None, checkpoint=None, checkpoint_every=None, callbacks=()):
@@ -254,12 +341,16 @@ class Trainer:
         if checkpoint_every is not None:
             checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
         if checkpoint is not None:
-            check_output_path(checkpoint)
-        bar = _progress(steps, progress)
+            self._on_root(lambda: check_output_path(checkpoint))
+        bar = _progress(steps, progress and self.is_root)
         tokens = self.seq_len * self.batch
         t0 = time.perf_counter()
         try:
             with _sigint_at_step_end() as interrupted:
+                self._stop_requested = interrupted
+                # Under MPI every rank must stop after the same step: the flag
+                # travels with the step's Allreduce (_stop_all), not on its own.
+                stop = interrupted if self.comm is None else (lambda: self._stop_all)
                 for i in range(steps):
                     try:
                         loss = self.step()
@@ -270,18 +361,18 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.3f}", smooth=f"{self.smooth:.3f}",
                                         ppl=f"{math.exp(min(self.smooth, 50)):.2f}", tok_s=f"{rate:,.0f}", refresh=False)
                         bar.update(1)
-                    if eval_every and self.val_ids is not None and self.step_count % eval_every == 0:
+                    if eval_every and self.val_ids is not None and self.is_root and self.step_count % eval_every == 0:
                         self.validate()
                     if checkpoint and checkpoint_every and self.step_count % checkpoint_every == 0:
                         self.save(checkpoint)
                     if any(cb(self, loss) for cb in callbacks):
                         break
-                    if interrupted():
+                    if stop():
                         raise KeyboardInterrupt
                 if bar is not None:
                     bar.close()
                 # the last validation and save, still shielded: a Ctrl-C now waits for them
-                if self.val_ids is not None and (not self.history.val_steps or self.history.val_steps[-1] != self.step_count):
+                if self.val_ids is not None and self.is_root and (not self.history.val_steps or self.history.val_steps[-1] != self.step_count):
                     self.validate()
                 if checkpoint:
                     self.save(checkpoint)
@@ -290,6 +381,7 @@ class Trainer:
                 raise
             self._interrupted(checkpoint)
         finally:
+            self._stop_requested = lambda: False
             if bar is not None:
                 bar.close()
         return self.history
@@ -316,16 +408,21 @@ class Trainer:
         """The loss on ``val_ids`` now; recorded in the history."""
         if self.val_ids is None:
             raise ValueError("validate() needs held-out tokens: pass val_ids= to the Trainer")
-        loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
+        with _threads.using(self.threads):
+            loss = evaluate(self.model, self.val_ids, seq_len=self.seq_len)
         self.history.val_steps.append(self.step_count)
         self.history.val_loss.append(loss)
         return loss
 
     # -- checkpoints ---------------------------------------------------------
     def save(self, path):
-        """Write the model, the optimizer and this trainer's state to ``path`` (atomically)."""
+        """Write the model, the optimizer and this trainer's state to ``path`` (atomically).
+        Under MPI rank 0 writes, for every rank (all hold the same state)."""
         if self._diverged or not self._consistent:
             raise TrainingDiverged("refusing to save: the parameters are NaN or Inf or half-updated")
+        if not self.is_root:
+            self._saved_at = (path, self.step_count)
+            return
         state = {
             "h": self.h,
             "batcher_position": np.array(self.batcher.position),
@@ -338,14 +435,18 @@ class Trainer:
         meta = {
             "seq_len": self.seq_len, "batch": self.batch, "clip": self.clip, "clip_norm": self.clip_norm,
             "optimizer": self.optimizer_name, "reduction": self.reduction, "corpus": corpus_fingerprint(self.train_ids),
+            "ranks": 1 if self.comm is None else self.comm.Get_size(),
         }
         save_checkpoint(path, self.model, optimizer=self.optimizer, state=state, meta=meta)
         self._saved_at = (path, self.step_count)
 
     @classmethod
-    def resume(cls, path, train_ids, *, val_ids=None, backend=None):
+    def resume(cls, path, train_ids, *, val_ids=None, backend=None, threads=None, comm=None):
         """Continue from a checkpoint written by :meth:`save`, on the same tokens.
-        The continued run is bit-identical to one that never stopped."""
+        The continued run is bit-identical to one that never stopped, with the
+        same number of ranks. With another number (``comm``; every rank reads
+        ``path``) the streams are split anew and ``resplit_from`` on the
+        trainer names the number the checkpoint was written with."""
         model, extras = load_checkpoint(path, backend=backend)
         meta, state, optimizer = extras["meta"], extras["state"], extras["optimizer"]
         if optimizer is None:
@@ -354,7 +455,7 @@ class Trainer:
             trainer = cls(
                 model, train_ids, seq_len=meta["seq_len"], batch=meta["batch"], optimizer=meta["optimizer"],
                 lr=optimizer.lr, clip=meta["clip"], clip_norm=meta["clip_norm"], val_ids=val_ids,
-                reduction=meta.get("reduction", "mean"),
+                reduction=meta.get("reduction", "mean"), threads=threads, comm=comm,
             )
         except KeyError as exc:
             raise CheckpointError(f"{path}: not a training checkpoint (missing {exc})") from None
@@ -368,6 +469,8 @@ class Trainer:
         if type(optimizer) is not type(trainer.optimizer):
             raise CheckpointError(f"{path}: meta says optimizer {meta['optimizer']!r}, the state is {type(optimizer).__name__}")
         trainer.optimizer = optimizer
+        ranks = 1 if comm is None else comm.Get_size()
+        trainer.resplit_from = meta.get("ranks", 1) if meta.get("ranks", 1) != ranks else None
         try:
             trainer._restore(state, extras["version"])
             trainer._saved_at = (path, trainer.step_count)  # a good checkpoint to name if training diverges

@@ -30,8 +30,11 @@ specification; the others must agree with it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
+from .. import _threads
+from . import _parallel
 from .._config import BACKEND_ENV, BACKEND_ORDER, REQUESTED_BACKEND
 
 _MODULES = {
@@ -113,8 +116,34 @@ def _require(name):
 
 
 def resolve(name=None):
-    """The backend module for ``name`` (None: the default)."""
+    """The backend for ``name`` (None: the default), its kernels under the thread policy."""
     if name is None:
-        return _require(get_backend())
-    _check_name(name)
-    return _require(name)
+        name = get_backend()
+    else:
+        _check_name(name)
+    scoped = _scoped.get(name)
+    if scoped is None:
+        scoped = _scoped[name] = _Scoped(_require(name))
+    return scoped
+
+
+_scoped = {}  # name -> _Scoped
+
+
+class _Scoped:
+    """A backend module whose four kernels run with SciPy's BLAS set to
+    fastrnn's thread count and put back afterwards (:mod:`fastrnn._threads`).
+    Anything else is the module's own attribute."""
+
+    def __init__(self, module):
+        self.module = module
+        for kernel in ("forward", "backward", "probs"):
+            setattr(self, kernel, functools.partial(_threads.call, getattr(module, kernel)))
+        # a large training step is split over the cores by blocks of rows (_parallel)
+        split = module.__name__ != _MODULES["numpy"]
+        self.loss_and_grads = functools.partial(
+            _parallel.loss_and_grads if split else _threads.call, module.loss_and_grads
+        )
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
