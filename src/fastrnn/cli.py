@@ -263,8 +263,9 @@ def cmd_train(args):
     )
     print(f"fastrnn: ln(vocabulary) = {baseline:.3f} nats/char is the loss of a model that learned nothing")
     if comm is not None:
-        print(f"fastrnn: data-parallel over {comm.Get_size()} MPI ranks, "
-              f"{trainer._rows.stop - trainer._rows.start} to {-(-trainer.batch // comm.Get_size())} streams each")
+        fewest, most = trainer.batch // comm.Get_size(), -(-trainer.batch // comm.Get_size())
+        each = f"{most}" if fewest == most else f"{fewest} or {most}"
+        print(f"fastrnn: data-parallel over {comm.Get_size()} MPI ranks, {each} of the {trainer.batch} streams each")
     first = trainer.step_count
     t0 = time.perf_counter()
     try:
