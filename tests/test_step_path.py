@@ -3,6 +3,8 @@ parameters once and each batch every step, with the same numbers as the public p
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,53 @@ def test_step_path_still_checks_the_batch():
         api._step_probs(p, ok[:, 0], np.zeros(4))
     with pytest.raises(ValueError, match="h0 contains NaN or Inf"):
         api._step_probs(p, ok[:, 0], np.full(4, np.nan, np.float32))
+
+
+def _general_batch_check(x, y, h0, d, h, v, dtype):
+    xs, layout = _validate.check_inputs(x, d, dtype, False)
+    return xs, _validate.check_targets(y, layout, v), _validate.check_h0(h0, layout, h, dtype), layout
+
+
+_IDS = np.array([[0, 4], [2, 3], [1, 0]])  # (T, n) = (3, 2), d = v = 5
+_H0 = np.zeros((2, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    "x, y, h0",
+    [
+        (_IDS, _IDS, _H0),  # the fast case
+        (_IDS, _IDS, None),
+        (_IDS.astype(np.int32), _IDS, _H0),  # converted by the general checks
+        (_IDS, _IDS.astype(np.uint8), _H0),
+        (np.asfortranarray(np.tile(_IDS, (1, 2))), np.tile(_IDS, (1, 2)), np.zeros((4, 4), np.float32)),
+        (_IDS[:, :1], _IDS[:, :1], _H0[:1]),
+        (_IDS.tolist(), _IDS, _H0),
+        (_IDS[:, 0], _IDS[:, 0], _H0[0]),  # one sequence
+        (_IDS + 1, _IDS, _H0),  # id 5 = d
+        (_IDS - 1, _IDS, _H0),  # id -1
+        (_IDS, _IDS + 1, _H0),  # class 5 = v
+        (_IDS, _IDS - 4, _H0),
+        (_IDS, _IDS[:2], _H0),
+        (_IDS, _IDS, _H0[:1]),
+        (_IDS, _IDS, _H0.astype(np.float64)),
+        (_IDS, _IDS, np.full((2, 4), np.inf, np.float32)),
+        (_IDS, _IDS, np.full((2, 4), np.nan, np.float32)),
+        (_IDS[:0], _IDS[:0], _H0),
+        (_IDS.astype(float), _IDS, _H0),
+    ],
+)
+def test_the_step_batch_check_returns_and_raises_what_the_general_checks_do(x, y, h0):
+    args = (5, 4, 5, np.dtype(np.float32))
+    try:
+        want = _general_batch_check(x, y, h0, *args)
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc), match=re.escape(str(exc))):
+            _validate.check_step_batch(x, y, h0, *args)
+        return
+    got = _validate.check_step_batch(x, y, h0, *args)
+    for a, b in zip(got[:3], want[:3]):
+        assert a.dtype == b.dtype and a.flags.c_contiguous and np.array_equal(a, b)
+    assert got[3] == want[3]
 
 
 def test_trainer_checks_the_parameters_once_and_again_when_they_are_replaced(monkeypatch):

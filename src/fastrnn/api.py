@@ -316,10 +316,8 @@ def _step_loss_and_grads(p, inputs, targets, h0, backend=None, reduction="mean")
     """:func:`loss_and_grads` with ``params_only=True`` on parameters already
     checked by :func:`_checked_params`."""
     be = resolve(backend)
-    d, h = p.U.shape
-    x, layout = check.check_inputs(inputs, d, p.U.dtype, False)
-    y = check.check_targets(targets, layout, p.V.shape[1])
-    h0 = check.check_h0(h0, layout, h, p.U.dtype)
+    (d, h), v = p.U.shape, p.V.shape[1]
+    x, y, h0, layout = check.check_step_batch(inputs, targets, h0, d, h, v, p.U.dtype)
     scale = check.check_reduction(reduction, layout.T, layout.n)
     loss, dU, dW, dV, db, dc, dh0, _, _, h_last = be.loss_and_grads(*p, x, y, h0, scale, True)
     return float(loss), Grads(dU, dW, dV, db, dc, layout.state_to_user(dh0), None, None), layout.state_to_user(h_last)
