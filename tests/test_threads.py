@@ -349,3 +349,50 @@ def test_a_forked_child_can_split_steps(monkeypatch):
             pytest.fail("the forked child hung on a split step")
         __import__("time").sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+needs_slices = pytest.mark.skipif(_threads._sched is None, reason="sched_setattr is Linux-only (x86-64, arm64)")
+
+
+def _slice_and_nice():
+    a = _threads._sched[1]()
+    return a.sched_runtime, a.sched_nice
+
+
+@needs_slices
+def test_a_split_step_runs_with_short_slices_and_gives_the_callers_slice_back(monkeypatch):
+    """Both threads of a split step ask for the 0.1 ms slice while it runs (the
+    pool thread keeps it between jobs); the calling thread's slice and nice value
+    come back as they were, a custom slice included."""
+    monkeypatch.setattr(_parallel, "SPLIT_ABOVE", 0)
+    monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
+    monkeypatch.setattr(_threads, "NCPU", 2)
+    monkeypatch.setattr(_threads, "short_slices", True)
+    fastrnn.set_num_threads(2)
+    params, x, y, h0 = _batch(T=4, n=4, d=3, h=5, v=3)
+    seen = []
+    kernel = importlib.import_module("fastrnn.backends.numba_kernels").loss_and_grads
+
+    def spying(*args):
+        seen.append(_slice_and_nice())
+        return kernel(*args)
+
+    before = _slice_and_nice()
+    _parallel.loss_and_grads(spying, *params, x, np.asarray(y, np.intp), h0, 0.25)
+    assert seen == [(_threads.SHORT_SLICE_NS, before[1])] * 2
+    assert _slice_and_nice() == before
+    set_, get = _threads._sched
+    a = get()
+    a.sched_runtime = 3_000_000  # the caller's own 3 ms slice
+    assert set_(a)
+    try:
+        _parallel.loss_and_grads(spying, *params, x, np.asarray(y, np.intp), h0, 0.25)
+        assert _slice_and_nice() == (3_000_000, before[1])
+    finally:
+        a.sched_runtime = 0
+        set_(a)
+    assert _slice_and_nice() == before
+    monkeypatch.setattr(_threads, "short_slices", False)  # off: neither thread asks
+    seen.clear()
+    _parallel.loss_and_grads(spying, *params, x, np.asarray(y, np.intp), h0, 0.25)
+    assert seen == [before] * 2
