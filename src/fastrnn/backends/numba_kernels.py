@@ -485,12 +485,12 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     steps = _chunk_steps(T, n)
     G = np.empty((steps, n, h), dtype=U.dtype)
     carry = np.zeros((n, h), dtype=U.dtype)  # dA_{t+1} Wᵀ; 0 after the last step
-    dW = np.zeros((h, h), dtype=U.dtype)
+    dW = np.empty((h, h), dtype=U.dtype)  # the last chunk's product, then each earlier one's added
     db = np.zeros(h, dtype=_ACC)
-    dU = np.zeros((0, 0) if ids.size else (d, h), dtype=U.dtype)  # dense inputs: BLAS products added per chunk
+    dU = np.empty((0, 0) if ids.size else (d, h), dtype=U.dtype)  # dense inputs: as dW
     dU_acc = np.zeros((d, h) if ids.size else (0, 0), dtype=_ACC)  # token ids: a float64 sum
-    part_hh = np.empty((h, h), dtype=U.dtype)
-    part_dh = np.empty((d, h), dtype=U.dtype)
+    part_hh = np.empty((h, h) if steps < T else (0, 0), dtype=U.dtype)
+    part_dh = np.empty((d, h) if steps < T and ids.size == 0 else (0, 0), dtype=U.dtype)
     WTc = _transposed_W(W, n)
     t1 = T
     while t1 > 0:
@@ -500,11 +500,19 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
         rows = Gc.reshape(m * n, h)
         np.dot(O[t0 * n : t1 * n], V.T, rows)  # dO_t Vᵀ for the chunk
         _recurrence_backward(Gc, Hs[t0 + 1 : t1 + 1], W, WTc, carry, db)
-        np.dot(Hs[t0:t1].reshape(m * n, h).T, rows, part_hh)  # Σ_chunk H_{t-1}ᵀ dA_t
-        dW += part_hh
+        Hc = Hs[t0:t1].reshape(m * n, h).T
+        if t1 == T:  # the first chunk (the last steps) writes the sums
+            np.dot(Hc, rows, dW)  # Σ_chunk H_{t-1}ᵀ dA_t
+        else:
+            np.dot(Hc, rows, part_hh)
+            dW += part_hh
         if ids.size == 0:
-            np.dot(X[t0:t1].reshape(m * n, d).T, rows, part_dh)  # Σ_chunk X_tᵀ dA_t
-            dU += part_dh
+            Xc = X[t0:t1].reshape(m * n, d).T
+            if t1 == T:
+                np.dot(Xc, rows, dU)  # Σ_chunk X_tᵀ dA_t
+            else:
+                np.dot(Xc, rows, part_dh)
+                dU += part_dh
         else:
             _scatter_add_rows(dU_acc, ids[t0:t1], Gc)
         t1 = t0
