@@ -3,7 +3,6 @@
     python bench/contention.py                  # all three parts
     python bench/contention.py --parts burn     # (a) only
     python bench/contention.py --threads 2      # the same with a fixed thread count instead of auto
-    python bench/contention.py --parts burn --slices both   # (a) with and without short time slices
 
 (a) burn: a training-step loop (``params_only``, as Trainer runs it) at char32,
     small and medium, first on a quiet machine, then next to one CPU-burning
@@ -85,36 +84,25 @@ def step_times(name, seconds=3.0, block_ms=50.0):
 
 def part_burn(args):
     import fastrnn
-    from fastrnn import _threads
 
     if args.threads is not None:
         fastrnn.set_num_threads(args.threads)
-    modes = {"short": [True], "default": [False], "both": [True, False]}[args.slices]
-    if not _threads.short_slices:
-        modes = [False]
-        print("  (this system does not take short time slices: the kernel's default slices throughout)")
     rows = {}
     for name in args.configs:
-        quiet = {m: [] for m in modes}
-        busy = {m: [] for m in modes}
+        quiet, busy = [], []
         for _ in range(args.repeats):  # interleaved: quiet, busy, quiet, busy ...
-            for m in modes:
-                _threads.short_slices = m
+            time.sleep(0.3)
+            quiet.append(step_times(name, args.seconds))
+            procs = burners(NCPU)
+            try:
                 time.sleep(0.3)
-                quiet[m].append(step_times(name, args.seconds))
-                procs = burners(NCPU)
-                try:
-                    time.sleep(0.3)
-                    busy[m].append(step_times(name, args.seconds))
-                finally:
-                    stop(procs)
-        for m in modes:
-            q, b = statistics.median(quiet[m]), statistics.median(busy[m])
-            label = "short slices" if m else "default slices"
-            rows[name if m == modes[0] else f"{name} ({label})"] = {"quiet_ms": q * 1e3, "burn_ms": b * 1e3, "ratio": b / q}
-            print(f"  {name:8s} quiet {q * 1e3:8.3f} ms   next to {NCPU} burners {b * 1e3:8.3f} ms   ratio {b / q:5.2f}"
-                  f"   ({label})", flush=True)
-    _threads.short_slices = modes[0]
+                busy.append(step_times(name, args.seconds))
+            finally:
+                stop(procs)
+        q, b = statistics.median(quiet), statistics.median(busy)
+        rows[name] = {"quiet_ms": q * 1e3, "burn_ms": b * 1e3, "ratio": b / q}
+        print(f"  {name:8s} quiet {q * 1e3:8.3f} ms   next to {NCPU} burners {b * 1e3:8.3f} ms   ratio {b / q:5.2f}",
+              flush=True)
     return rows
 
 
@@ -209,8 +197,6 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=2.0, help="stepping time per measurement in (a)")
     ap.add_argument("--steps", type=int, default=100, help="training steps per run in (b), (c)")
     ap.add_argument("--pair-repeats", type=int, default=2)
-    ap.add_argument("--slices", choices=("short", "default", "both"), default="short",
-                    help="(a) with split steps asking for 0.1 ms time slices (fastrnn's default), without, or both")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     import fastrnn

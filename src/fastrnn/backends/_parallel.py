@@ -94,19 +94,13 @@ def loss_and_grads(kernel, U, W, V, b, c, inputs, targets, h0, scale, params_onl
 
     threads = min(_threads.cores(), B)
     groups = [list(range(k, B, threads)) for k in range(threads)]  # this thread takes groups[0]
-    with _threads.blas(1), _threads.short_slice():
-        futures = [_executor().submit(_pool_job, block, g) for g in groups[1:]]
+    with _threads.blas(1):
+        futures = [_executor().submit(lambda g=g: [block(i) for i in g]) for g in groups[1:]]
         done = {i: block(i) for i in groups[0]}
         for g, f in zip(groups[1:], futures):
             done.update(zip(g, f.result()))
     parts = [done[i] for i in range(B)]
     return _combine(parts)
-
-
-def _pool_job(block, group):
-    """A pool thread's share of a step: its blocks, in order."""
-    _threads.pool_thread_slice()
-    return [block(i) for i in group]
 
 
 def _combine(parts):
