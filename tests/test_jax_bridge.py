@@ -198,6 +198,57 @@ def test_ffi_path_is_there_where_the_c_backend_loads():
     assert not fj.uses_ffi("numba") and not fj.uses_ffi("numpy") and not fj.uses_ffi(None, "relu")
 
 
+def test_a_refused_registration_falls_back_to_the_callback(monkeypatch):
+    """Where the handlers cannot be registered (no extension, an XLA that refuses them), the
+    reason is kept and backend None runs through pure_callback with the same results."""
+    p = _arrays(np.float32, ids=True)
+    f = lambda U: fj.rnn_loss(U, p["W"], p["V"], p["b"], p["c"], p["x"], p["y"])  # noqa: E731
+    want = jax.jit(jax.value_and_grad(f))(p["U"])
+
+    def refuse():
+        raise RuntimeError("no handlers here")
+
+    monkeypatch.setattr(fj, "_register", refuse)
+    monkeypatch.setattr(fj, "_ffi_state", {})
+    assert not fj.uses_ffi() and fj.ffi_unavailable == "RuntimeError: no handlers here"
+    g = lambda U: fj.rnn_loss(U, p["W"], p["V"], p["b"], p["c"], p["x"], p["y"])  # noqa: E731  (a new trace)
+    assert "callback" in jax.jit(jax.value_and_grad(g)).lower(p["U"]).as_text()
+    got = jax.jit(jax.value_and_grad(g))(p["U"])
+    assert _max_err(want[0], got[0]) < 1e-6 and _max_err(want[1], got[1]) < 1e-6
+
+
+@pytest.mark.skipif(not C_LOADS, reason="the FFI handlers live in the C extension")
+def test_the_handlers_check_every_buffer():
+    """Called directly with a wrong shape, dtype or count, a handler returns XLA's error
+    (a Python exception) instead of reading out of bounds."""
+    assert fj.uses_ffi()
+    p = _arrays(np.float32, ids=True)
+    S = jax.ShapeDtypeStruct
+    T, n, d, h, v = 7, 3, 5, 4, 6
+    outs = [S(s, jnp.float32) for s in [(), (d, h), (h, h), (h, v), (h,), (v,), (n, h), (0,), (T + 1, n, h),
+                                        (T * n, v), (T, n, h)]]
+    args = [p[k] for k in ("U", "W", "V", "b", "c", "x", "y", "h0")] + [np.int32(1)]
+    good = jax.ffi.ffi_call("fastrnn_loss", outs)(*args)
+    assert np.isfinite(float(good[0]))
+    bad_args = [
+        (args[:1] + [p["W"][:3]] + args[2:], outs, "argument has the wrong dtype or shape"),
+        (args[:7] + [p["h0"].astype(jnp.float16)] + args[8:], outs, "argument has the wrong dtype or shape"),
+        (args[:5] + [p["x"].astype(jnp.float32)] + args[6:], outs, "argument has the wrong dtype or shape"),
+        (args, outs[:1] + [S((d + 1, h), jnp.float32)] + outs[2:], "result has the wrong dtype or shape"),
+        (args[:-1], outs, "wrong number of arguments"),
+    ]
+    for a, o, msg in bad_args:
+        with pytest.raises(Exception, match=msg):
+            jax.block_until_ready(jax.ffi.ffi_call("fastrnn_loss", o)(*a))
+    fwd = [S((T + 1, n, h), jnp.float32), S((T, n, h), jnp.float32)]
+    with pytest.raises(Exception, match="forward: a buffer has the wrong dtype or shape"):
+        jax.block_until_ready(jax.ffi.ffi_call("fastrnn_rnn_forward", fwd)(p["U"], p["W"], p["b"], p["x"], p["h0"][:2]))
+    bwd = [S(s, jnp.float32) for s in [(d, h), (h, h), (h,), (n, h), (0,), (T, n, h)]]
+    with pytest.raises(Exception, match="backward: a buffer has the wrong dtype or shape"):
+        jax.block_until_ready(jax.ffi.ffi_call("fastrnn_rnn_backward", bwd)(
+            jnp.zeros((T, n, h)), jnp.zeros((T, n, h)), p["x"], p["U"], p["W"]))  # Hs one step short
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_out_of_range_ids_raise_on_both_paths(path):
     """A bad token id or target under jit is an error from the op (the FFI handler checks
