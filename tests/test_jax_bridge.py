@@ -259,7 +259,8 @@ def test_out_of_range_ids_raise_on_both_paths(path):
     rnn = jax.jit(lambda x: fj.rnn(x, p["U"], p["W"], p["b"], backend=backend))
     token = "a token id in x lies outside" if path == "ffi" else "inputs holds token id"
     target = "a target in y lies outside" if path == "ffi" else "targets holds class"
-    for bad in (p["x"].at[2, 1].set(5), p["x"].at[0, 0].set(-1)):  # d = 5
+    huge = p["x"].astype(jnp.uint32).at[1, 1].set(2**31 + 1)  # must not wrap to a valid id
+    for bad in (p["x"].at[2, 1].set(5), p["x"].at[0, 0].set(-1), huge):  # d = 5
         with pytest.raises(Exception, match=token):
             loss(bad, p["y"]).block_until_ready()
         with pytest.raises(Exception, match=token):

@@ -152,9 +152,12 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastrnn.jax' has no attribute {name!r}")
 
 
-def _ids32(x):
-    """Token ids as int32 or int64 (the handlers' two integer types)."""
-    return x if x.dtype in (jnp.int32, jnp.int64) else x.astype(jnp.int32)
+def _handler_ids(x):
+    """Token ids as int32 or int64, the handlers' two integer types (64-bit unsigned ids become
+    int64, so that a huge id turns negative and is refused instead of wrapping to a valid one)."""
+    if x.dtype in (jnp.int32, jnp.int64):
+        return x
+    return x.astype(jnp.int64 if jnp.dtype(x.dtype).itemsize == 8 else jnp.int32)
 
 
 def _loss_ffi(U, W, V, b, c, x, y, h0, reduction, want_dX):
@@ -165,7 +168,7 @@ def _loss_ffi(U, W, V, b, c, x, y, h0, reduction, want_dX):
     shapes = [(), U.shape, W.shape, V.shape, b.shape, c.shape, h0.shape, (T, n, d) if want_dX and not ids else (0,),
               (T + 1, n, h), (T * n, v), (T, n, h)]  # the last three: the kernel's scratch (states, logits, dA)
     call = jax.ffi.ffi_call(_TARGETS["loss"], [S(s, dt) for s in shapes], vmap_method="sequential")
-    out = call(U, W, V, b, c, _ids32(x) if ids else x, _ids32(y), h0, np.int32(reduction == "mean"))
+    out = call(U, W, V, b, c, _handler_ids(x) if ids else x, _handler_ids(y), h0, np.int32(reduction == "mean"))
     return out[:8]
 
 
@@ -177,7 +180,7 @@ def _forward_ffi(x, U, W, b, h0):
     call = jax.ffi.ffi_call(_TARGETS["forward"], [S((T + 1, n, h), U.dtype), S((T, n, h), U.dtype)],
                             vmap_method="sequential")
     ids = jnp.issubdtype(x.dtype, jnp.integer)
-    return call(U, W, b, _ids32(x) if ids else x, h0)[0]
+    return call(U, W, b, _handler_ids(x) if ids else x, h0)[0]
 
 
 def _backward_ffi(dH, Hs, x, U, W, want_dX):
@@ -188,7 +191,7 @@ def _backward_ffi(dH, Hs, x, U, W, want_dX):
     S = jax.ShapeDtypeStruct
     shapes = [U.shape, W.shape, (h,), (n, h), (T, n, d) if want_dX and not ids else (0,), (T, n, h)]
     call = jax.ffi.ffi_call(_TARGETS["backward"], [S(s, U.dtype) for s in shapes], vmap_method="sequential")
-    return call(dH, Hs, _ids32(x) if ids else x, U, W)[:5]
+    return call(dH, Hs, _handler_ids(x) if ids else x, U, W)[:5]
 
 
 def _value(p):
