@@ -35,6 +35,7 @@ differentiable. Everything runs on the CPU.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 
 try:
@@ -89,6 +90,7 @@ def _zero_cotangent(a):
 
 _TARGETS = {"loss": "fastrnn_loss", "forward": "fastrnn_rnn_forward", "backward": "fastrnn_rnn_backward"}
 _ffi_state = {}  # "ok": bool, "why": str, filled by _ffi_ready()
+_ffi_lock = threading.Lock()  # two threads tracing at once register the handlers once
 
 
 def _register():
@@ -111,12 +113,15 @@ def _register():
 
 
 def _ffi_ready():
-    """True when the XLA FFI handlers are registered and pass a small check run
-    against the callback path; otherwise the reason is in ``_ffi_state['why']``."""
-    if "ok" not in _ffi_state:
+    """True when the XLA FFI handlers are registered and a small loss computed through
+    them matches the C backend's; otherwise the reason is in ``_ffi_state['why']``."""
+    if "ok" in _ffi_state:
+        return _ffi_state["ok"]
+    with _ffi_lock:
+        if "ok" in _ffi_state:
+            return _ffi_state["ok"]
         try:
             _register()
-            _ffi_state["ok"] = True  # the probe below must take the FFI path
             rng = np.random.default_rng(0)
             U, W, V = (rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((3, 2), (2, 2), (2, 3)))
             b, c = np.float32([0.1, -0.2]), np.float32([0.0, 0.1, 0.2])
@@ -127,6 +132,7 @@ def _ffi_ready():
             if not np.allclose(np.asarray(got[0]), want[0], rtol=1e-5) or not np.allclose(
                     np.asarray(got[2]), want[1].W, rtol=1e-5, atol=1e-7):
                 raise RuntimeError("the XLA handler's result differs from the C backend's")
+            _ffi_state["ok"] = True
         except Exception as exc:  # no C extension, an XLA that refuses the handlers, ...
             _ffi_state.update(ok=False, why=f"{type(exc).__name__}: {exc}")
     return _ffi_state["ok"]
