@@ -14,7 +14,9 @@ RNN's own speed-up, (nn.RNN − shared) / (fastrnn − shared), is printed too.
 
 jax: the value and gradient of the loss (recurrence + head, float32) under
 ``jax.jit``, with :func:`fastrnn.jax.rnn_loss` against the same model written
-with ``lax.scan``. Target: ≥ 2× at char and small.
+with ``lax.scan``. Target: ≥ 2× at char and small. fastrnn.jax is timed on its
+XLA FFI path (the default where the C extension loads) and, as a third
+variant, on its ``jax.pure_callback`` path (``backend='numba'``).
 
 Threads: --threads (default 1) sets OMP/OpenBLAS/MKL/Numba threads and torch's
 intra-op threads for both sides alike (and XLA's, for one); on a shared machine
@@ -130,7 +132,11 @@ def jax_steps(name):
     def ours_loss(params, x, y):
         return fj.rnn_loss(params["U"], params["W"], params["V"], params["b"], params["c"], x, y)
 
-    fns = {"lax.scan": jax.jit(jax.value_and_grad(scan_loss)), "fastrnn.jax": jax.jit(jax.value_and_grad(ours_loss))}
+    def callback_loss(params, x, y):
+        return fj.rnn_loss(params["U"], params["W"], params["V"], params["b"], params["c"], x, y, backend="numba")
+
+    fns = {"lax.scan": jax.jit(jax.value_and_grad(scan_loss)), "fastrnn.jax": jax.jit(jax.value_and_grad(ours_loss)),
+           "pure_callback": jax.jit(jax.value_and_grad(callback_loss))}
 
     def wrap(f):
         def step():
@@ -140,7 +146,11 @@ def jax_steps(name):
 
         return step
 
-    return {k: wrap(f) for k, f in fns.items()}
+    steps = {k: wrap(f) for k, f in fns.items()}
+    losses = {k: step() for k, step in steps.items()}  # measure() checks the first two; this, all three
+    if max(abs(v - losses["lax.scan"]) for v in losses.values()) > 1e-4 * abs(losses["lax.scan"]):
+        raise SystemExit(f"the jax variants disagree before timing: {losses}")
+    return steps
 
 
 def measure(steps, repeats, block_ms):
@@ -184,12 +194,17 @@ def main(argv=None):
                   f"{a / b:6.2f}x   (head+loss+Adam alone {s * 1e3:8.3f} ms; the RNN's own part "
                   f"{(a - s) / max(b - s, 1e-9):6.2f}x)", flush=True)
     if args.only in (None, "jax"):
+        import fastrnn.jax as fj
+
+        path = "XLA FFI" if fj.uses_ffi() else f"pure_callback ({fj.ffi_unavailable})"
+        print(f"jax: fastrnn.jax runs on its {path} path; pure_callback = the same op with backend='numba'")
         for name in args.configs or ["char", "char32", "small", "medium"]:
             if name not in CONFIGS:
                 continue
             m = measure(jax_steps(name), args.repeats, args.block_ms)
-            print(f"jax   {name:9s} lax.scan {m['lax.scan'] * 1e3:9.3f} ms  fastrnn.jax {m['fastrnn.jax'] * 1e3:9.3f} ms"
-                  f"  speed-up {m['lax.scan'] / m['fastrnn.jax']:6.2f}x", flush=True)
+            a, b, cb = m["lax.scan"], m["fastrnn.jax"], m["pure_callback"]
+            print(f"jax   {name:9s} lax.scan {a * 1e3:9.3f} ms  fastrnn.jax {b * 1e3:9.3f} ms  speed-up {a / b:6.2f}x"
+                  f"   (pure_callback {cb * 1e3:9.3f} ms, {a / cb:6.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,4 +108,12 @@ int packed_head_probs_f32(float *P, const float *H1, const float *H2, const floa
 int packed_head_probs_f64(double *P, const double *H1, const double *H2, const double *V, const double *c,
                           int N, int h1, int h2, int v);
 
+/* XLA FFI handlers for fastrnn.jax (csrc/xla_ffi.c): the address of handler `which`
+ * (an XLA_FFI_Handler, for jax.ffi.register_ffi_target), or NULL for an unknown one.
+ * copy_wt_below is kept for every later call of the handlers, as for rnn_backward. */
+#define FASTRNN_XLA_LOSS 0
+#define FASTRNN_XLA_FORWARD 1
+#define FASTRNN_XLA_BACKWARD 2
+void *fastrnn_xla_handler(int which, int64_t copy_wt_below);
+
 #endif

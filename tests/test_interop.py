@@ -139,6 +139,22 @@ KERAS_SCRIPT = textwrap.dedent(
         q = interop.from_keras_weights(m2.get_weights(), bidirectional=bi, nonlinearity=nl)
         back = _max_err(np.asarray(m2(x)), fastrnn.predict_proba(q, x, batch_first=True)[0])
         errors[f"L={L} bi={bi} {nl}"] = [to, back]
+    for L, bi, nl in [(1, False, "tanh"), (2, True, "relu")]:  # SimpleRNN(use_bias=False)
+        def model():
+            layers = [keras.Input((4, 5))]
+            for _ in range(L):
+                rnn = keras.layers.SimpleRNN(6, activation=nl, return_sequences=True, use_bias=False)
+                layers.append(keras.layers.Bidirectional(rnn) if bi else rnn)
+            layers.append(keras.layers.Dense(7, activation="softmax"))
+            return keras.Sequential(layers)
+        m = model()
+        m.set_weights([w + 0.1 if w.ndim == 1 else w for w in m.get_weights()])  # the Dense bias only
+        q = interop.from_keras_weights(m.get_weights(), bidirectional=bi, nonlinearity=nl, use_bias=False)
+        back = _max_err(np.asarray(m(x)), fastrnn.predict_proba(q, x, batch_first=True)[0])
+        m2 = model()
+        m2.set_weights(interop.to_keras_weights(q, use_bias=False))
+        to = _max_err(fastrnn.predict_proba(q, x, batch_first=True)[0], np.asarray(m2(x)))
+        errors[f"L={L} bi={bi} {nl} use_bias=False"] = [to, back]
     assert "tensorflow" not in sys.modules
     print(json.dumps(errors))
     """
@@ -153,7 +169,7 @@ def test_keras_both_ways_on_jax():
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     errors = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(errors) == len(CONFIGS)
+    assert len(errors) == len(CONFIGS) + 2
     print("\nKeras (to, from) errors:", errors)
     assert max(max(e) for e in errors.values()) < 1e-6, errors
 
@@ -161,6 +177,26 @@ def test_keras_both_ways_on_jax():
 def test_keras_weights_errors():
     with pytest.raises(ValueError, match="3 arrays"):
         interop.from_keras_weights([np.zeros((2, 3))] * 4)
+    with pytest.raises(ValueError, match=r"2 arrays \(kernel, recurrent_kernel\)"):
+        interop.from_keras_weights([np.zeros((2, 3))] * 5, use_bias=False)
+    p = _params(1, False, "tanh")
+    with pytest.raises(ValueError, match="use_bias=False: every cell's b must be zero"):
+        interop.to_keras_weights(p, use_bias=False)
+
+
+def test_keras_weights_without_bias():
+    """use_bias=False: two arrays per cell each way, b = 0 coming in (no Keras needed)."""
+    p = _params(2, True, "relu")
+    layers, V, c, _ = interop.layers_of(p)
+    zero = interop.make_params([[cell._replace(b=np.zeros_like(cell.b)) for cell in layer] for layer in layers],
+                               V, c, "relu")
+    w = interop.to_keras_weights(zero, use_bias=False)
+    assert len(w) == 2 * 4 + 2 and [a.shape for a in w[:2]] == [p.layers[0][0].U.shape, p.layers[0][0].W.shape]
+    q = interop.from_keras_weights(w, bidirectional=True, nonlinearity="relu", use_bias=False)
+    for la, lb in zip(zero.layers, q.layers):
+        for ca, cb in zip(la, lb):
+            for a, b in zip(ca, cb):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("L,bi,nl", CONFIGS)

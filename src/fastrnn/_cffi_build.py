@@ -33,9 +33,9 @@ ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
 ffibuilder.set_source(
     "fastrnn._fastrnn_c",
     '#include "fastrnn.h"',
-    sources=[os.path.relpath(CSRC / "fastrnn.c", ROOT)],
+    sources=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.c", "xla_ffi.c")],
     include_dirs=[os.path.relpath(CSRC, ROOT)],
-    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "packed.inc", "vmath.h")],
+    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "packed.inc", "vmath.h", "xla_ffi_api.h")],
     # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
     # -fno-trapping-math changes no result: it lets GCC compute both sides of a
     # select (as vmath.h asks) even though one side might raise an FP flag

@@ -139,27 +139,37 @@ def from_torch(rnn, head):
 # ---------------------------------------------------------------- Keras
 
 
-def to_keras_weights(params):
+def to_keras_weights(params, *, use_bias=True):
     """The list ``model.set_weights`` takes for ``SimpleRNN`` layers (``Bidirectional`` ones
-    when D = 2, activation = the nonlinearity, ``use_bias=True``) and a ``Dense(v)`` head."""
+    when D = 2, activation = the nonlinearity, ``use_bias`` as given) and a ``Dense(v)`` head.
+
+    With ``use_bias=False`` each cell contributes only ``kernel, recurrent_kernel``, and
+    every b must be zero (such a layer has no bias to carry it)."""
     layers, V, c, _ = layers_of(params)
     out = []
     for layer in layers:
         for U, W, b in layer:
-            out += [np.array(U), np.array(W), np.array(b)]
+            if not use_bias and np.any(np.asarray(b) != 0):
+                raise ValueError("use_bias=False: every cell's b must be zero (a SimpleRNN without bias has none)")
+            out += [np.array(U), np.array(W)] + ([np.array(b)] if use_bias else [])
     return out + [np.array(V), np.array(c)]
 
 
-def from_keras_weights(weights, *, bidirectional=False, nonlinearity="tanh"):
-    """fastrnn parameters from ``model.get_weights()`` of the model :func:`to_keras_weights` describes."""
+def from_keras_weights(weights, *, bidirectional=False, nonlinearity="tanh", use_bias=True):
+    """fastrnn parameters from ``model.get_weights()`` of the model :func:`to_keras_weights` describes
+    (``use_bias=False``: SimpleRNN layers without bias, whose cells get b = 0)."""
     weights = [np.array(w) for w in weights]
     D = 2 if bidirectional else 1
-    if len(weights) < 3 * D + 2 or (len(weights) - 2) % (3 * D):
+    k = 3 if use_bias else 2  # arrays per cell
+    if len(weights) < k * D + 2 or (len(weights) - 2) % (k * D):
+        names = "kernel, recurrent_kernel, bias" if use_bias else "kernel, recurrent_kernel"
         raise ValueError(
-            f"expected 3 arrays (kernel, recurrent_kernel, bias) per cell, {D} cell(s) per layer, then the Dense "
-            f"kernel and bias; got {len(weights)} arrays (SimpleRNN(use_bias=False) is not supported)"
+            f"expected {k} arrays ({names}) per cell, {D} cell(s) per layer, then the Dense kernel and bias; "
+            f"got {len(weights)} arrays (SimpleRNN(use_bias={not use_bias}) needs use_bias={not use_bias} here)"
         )
-    cells = [tuple(weights[i : i + 3]) for i in range(0, len(weights) - 2, 3)]
+    cells = [tuple(weights[i : i + k]) for i in range(0, len(weights) - 2, k)]
+    if not use_bias:
+        cells = [(U, W, np.zeros(W.shape[0], W.dtype)) for U, W in cells]
     layers = [tuple(cells[i : i + D]) for i in range(0, len(cells), D)]
     return make_params(layers, weights[-2], weights[-1], nonlinearity)
 
