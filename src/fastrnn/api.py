@@ -331,3 +331,21 @@ def _step_probs(p, inputs, h0, backend=None):
     h0 = check.check_h0(h0, layout, h, p.U.dtype)
     P, h_last = be.probs(*p, x, h0)
     return layout.seq_to_user(P), layout.state_to_user(h_last)
+
+
+def _sampler(p, backend=None):
+    """``next(token, h) -> (p, h)``: one step of :func:`_step_probs` for one
+    sequence, on parameters checked by :func:`_checked_params`, where the
+    caller vouches for the input: ``token`` an int in [0, d) and ``h`` the (1, h)
+    state the previous step returned (or a zero/checked one). Nothing is
+    checked per step; used by :meth:`fastrnn.CharRNN.sample`, whose tokens are
+    its own draws. Returns the (v,) probabilities and the next (1, h) state."""
+    be = resolve(backend)
+    x = np.empty((1, 1), dtype=np.intp)
+
+    def step(token, h):
+        x[0, 0] = token
+        P, h_last = be.probs(*p, x, h)
+        return P[0, 0], h_last
+
+    return step

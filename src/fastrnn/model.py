@@ -90,16 +90,16 @@ class CharRNN:
         if not prime:  # start as a text starts: after a newline, if the vocabulary has one
             prime = "\n" if "\n" in self.vocab.chars else self.vocab.chars[0]
         prime_ids = self.vocab.encode(prime)
-        params, _ = api._checked_params(self.params)  # once; each step checks only its input
+        params, _ = api._checked_params(self.params)  # once, and the prime once; the draws need no check
         # Run the prime through the network; its last step predicts the first new character.
         P, h = api._step_probs(params, prime_ids, h, self.backend)
-        p = P[-1]
+        p, h = P[-1], h[None, :]
+        step = api._sampler(params, self.backend)  # each draw is a valid id: nothing left to check
         out = []
         for _ in range(length):
             k = _draw(p, temperature, top_k, rng)
             out.append(k)
-            P, h = api._step_probs(params, np.array([k]), h, self.backend)
-            p = P[-1]
+            p, h = step(k, h)
         return prime + self.vocab.decode(out)
 
 
