@@ -1,7 +1,12 @@
 """Optimizers and gradient clipping. Updates happen in place on the Params arrays.
 
-Every optimizer takes the Params it updates and ``step(grads)`` with a
-:class:`fastrnn.Grads` (only its U, W, V, b, c fields are used). State is kept
+Every optimizer takes the parameters it updates — a :class:`fastrnn.Params`,
+or a :class:`fastrnn.DeepParams` for stacked / bidirectional / relu models —
+and ``step(grads)`` with the matching :class:`fastrnn.Grads` (only its U, W, V,
+b, c fields are used) or :class:`fastrnn.DeepGrads` (its cells' U, W, b and the
+head's V, c). Arrays are named by their path in the container (``U``, or
+``layers[1][0].W`` for a deep model): in error messages and in
+``state_dict()`` keys (``m.U``, ``m.layers[1][0].W``). State is kept
 in arrays of the parameters' dtype. An optimizer describes itself with
 ``config()`` (its hyperparameters, plain numbers) and is rebuilt with
 ``type(opt)(params, **opt.config())``; ``state_dict()`` / ``load_state_dict()``
@@ -19,7 +24,8 @@ import math
 
 import numpy as np
 
-from ._params import Params
+from ._params import DeepGrads, DeepParams, Params
+from ._validate import check_deep_params
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS", "DEFAULT_LR", "clip_by_value", "clip_by_global_norm",
@@ -57,8 +63,22 @@ def check_hyperparameter(name, value, rule):
     return float(value)
 
 
+def _named(tree):
+    """[(path, array)] of the trainable arrays of a Params / Grads (by field) or a
+    DeepParams / DeepGrads (each cell's U, W, b in torch's order, then V, c)."""
+    if isinstance(tree, (DeepParams, DeepGrads)):
+        named = [
+            (f"layers[{l}][{k}].{f}", a)
+            for l, cells in enumerate(tree.layers)
+            for k, cell in enumerate(cells)
+            for f, a in zip("UWb", cell)
+        ]
+        return named + [("V", tree.V), ("c", tree.c)]
+    return [(k, getattr(tree, k, None)) for k in _FIELDS]
+
+
 def _param_grads(grads):
-    return [getattr(grads, k) for k in _FIELDS]
+    return [g for _, g in _named(grads)]
 
 
 def clip_by_value(grads, limit=5.0):
@@ -93,12 +113,16 @@ class Optimizer:
     slots: tuple = ()
 
     def __init__(self, params, lr):
-        if not isinstance(params, Params):
-            raise TypeError(f"params must be a fastrnn.Params, got {type(params).__name__}")
+        if isinstance(params, DeepParams):
+            check_deep_params(params)  # shapes chain, one float dtype, finite
+        elif not isinstance(params, Params):
+            raise TypeError(f"params must be a fastrnn.Params or fastrnn.DeepParams, got {type(params).__name__}")
         self.params = params
+        self._names = [k for k, _ in _named(params)]
+        self._arrays = [a for _, a in _named(params)]  # updated in place, in this order
         self.lr = check_hyperparameter("lr", lr, "positive")
         self.t = 0  # steps taken
-        self.state = {s: [np.zeros_like(p) for p in params] for s in self.slots}
+        self.state = {s: [np.zeros_like(p) for p in self._arrays] for s in self.slots}
 
     def config(self):
         """The hyperparameters, as keyword arguments that rebuild this optimizer."""
@@ -110,15 +134,32 @@ class Optimizer:
         One check per array per step: shape and dtype (never broadcast, never
         cast), then NaN/Inf, which raises :class:`TrainingDiverged`.
         """
-        for k, p in zip(_FIELDS, self.params):
-            g = getattr(grads, k, None)
+        gs = self._grad_arrays(grads)
+        for k, p, g in zip(self._names, self._arrays, gs):
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads.{k} must be a numpy array like params.{k}, got {type(g).__name__}")
             if g.shape != p.shape or g.dtype != p.dtype:
                 raise ValueError(f"grads.{k} is {g.dtype}{g.shape}, params.{k} is {p.dtype}{p.shape}")
-        for k in _FIELDS:
-            if not _all_finite(getattr(grads, k)):
+        for k, g in zip(self._names, gs):
+            if not _all_finite(g):
                 raise TrainingDiverged(f"grads.{k} contains NaN or Inf")
+
+    def _grad_arrays(self, grads):
+        """The gradient arrays in the order of the parameters; a deep model's grads
+        must be a DeepGrads with the parameters' layers and directions."""
+        if isinstance(self.params, DeepParams):
+            if not isinstance(grads, DeepGrads):
+                raise TypeError(f"grads must be a fastrnn.DeepGrads for DeepParams, got {type(grads).__name__}")
+            want = [len(cells) for cells in self.params.layers]
+            got = [len(cells) if isinstance(cells, (tuple, list)) else None for cells in grads.layers]
+            if got != want:
+                raise ValueError(
+                    f"grads.layers holds {len(got)} layer(s) of {got} cell(s), params.layers "
+                    f"{len(want)} of {want}"
+                )
+        elif isinstance(grads, DeepGrads):
+            raise TypeError("grads must be a fastrnn.Grads for Params, got DeepGrads")
+        return _param_grads(grads)
 
     def step(self, grads):
         """Check ``grads`` (see :meth:`check_grads`), then update the parameters in place."""
@@ -128,7 +169,7 @@ class Optimizer:
     def apply(self, grads):
         """The update alone, for callers that have just called :meth:`check_grads`."""
         self.t += 1
-        for i, (p, g) in enumerate(zip(self.params, _param_grads(grads))):
+        for i, (p, g) in enumerate(zip(self._arrays, _param_grads(grads))):
             self._update(i, p, g)
 
     def _update(self, i, p, g):  # pragma: no cover - abstract
@@ -142,7 +183,7 @@ class Optimizer:
     def state_dict(self):
         out = {"t": np.array(self.t), "lr": np.array(self.lr)}
         for s in self.slots:
-            for k, a in zip(_FIELDS, self.state[s]):
+            for k, a in zip(self._names, self.state[s]):
                 out[f"{s}.{k}"] = a.copy()
         return out
 
@@ -153,7 +194,9 @@ class Optimizer:
         lr = check_hyperparameter("optimizer state lr", float(state["lr"]), "positive") if "lr" in state else self.lr
         loaded = {}
         for s in self.slots:
-            for k, a in zip(_FIELDS, self.state[s]):
+            for k, a in zip(self._names, self.state[s]):
+                if f"{s}.{k}" not in state:
+                    raise ValueError(f"optimizer state has no {s}.{k} (saved for another model?)")
                 src = np.asarray(state[f"{s}.{k}"])
                 if src.shape != a.shape or src.dtype != a.dtype:
                     raise ValueError(f"optimizer state {s}.{k} is {src.dtype}{src.shape}, expected {a.dtype}{a.shape}")
@@ -162,7 +205,7 @@ class Optimizer:
                 loaded[s, k] = src
         self.t, self.lr = int(t), lr
         for s in self.slots:
-            for k, a in zip(_FIELDS, self.state[s]):
+            for k, a in zip(self._names, self.state[s]):
                 a[...] = loaded[s, k]
 
 
