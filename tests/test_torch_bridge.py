@@ -258,6 +258,18 @@ def test_clear_errors():
         ft.RNN.from_torch(nn.GRU(4, 3))
 
 
+def test_replaced_parameters_are_used_and_checked():
+    torch.manual_seed(9)
+    m, x = ft.RNN(4, 3, dtype=torch.float64), torch.randn(5, 2, 4, dtype=torch.float64)
+    m.weight_hh_l0 = nn.Parameter(torch.randn(3, 3, dtype=torch.float64))  # nn.RNN's setattr updates _flat_weights
+    ref = nn.RNN(4, 3, dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    assert _max_err(m(x)[0], ref(x)[0]) < 1e-14
+    m.weight_hh_l0 = nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(2, 3\), expected \(3, 3\)"):
+        m(x)
+
+
 def test_torch_compile_runs_with_a_graph_break():
     torch.manual_seed(8)
     ref, ours = _pair(1, "tanh", False, True, False, torch.float32)

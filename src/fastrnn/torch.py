@@ -8,9 +8,11 @@
 (``weight_ih_l{k}[_reverse]``, ``weight_hh_l{k}…``, ``bias_ih_l{k}…``,
 ``bias_hh_l{k}…``), their initialisation and ``state_dict`` are torch's own, so
 checkpoints load both ways. Only ``forward`` differs: the whole stack runs in
-fastrnn's kernels (:func:`fastrnn.packed.packed_forward`) on zero-copy numpy
-views of the CPU tensors, and its backward is one ``torch.autograd.Function``
-(:func:`fastrnn.packed.packed_backward`); both biases receive dL/db. Dropout
+fastrnn's kernels (the stack that :func:`fastrnn.packed.packed_forward` runs,
+called directly: ``forward`` has already checked the input and every weight) on
+zero-copy numpy views of the CPU tensors, and its backward is one
+``torch.autograd.Function`` (as :func:`fastrnn.packed.packed_backward`); both
+biases receive dL/db. Dropout
 between layers in training mode draws its masks from torch's generator in the
 order ``nn.RNN`` does, so ``torch.manual_seed`` gives the same masks.
 
@@ -32,7 +34,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 import numpy as np
 
 from ._params import Cell
-from .packed import packed_backward, packed_forward
+from .backends import resolve
+from .backends import stack as _stack
+from .packed import _steps
 
 __all__ = ["RNN"]
 
@@ -50,21 +54,18 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, data, hx, *weights):
         L, D, bias, relu, backend, bs, masks = cfg
+        # RNN.forward checked the input, hx and every weight's device, dtype and shape:
+        # the kernels run straight on the views (no second validation, packed_forward's)
         per = 4 if bias else 2
-        layers = []
-        for l in range(L):
-            cells = []
-            for k in range(D):
-                w = weights[(l * D + k) * per : (l * D + k + 1) * per]
-                U = np.ascontiguousarray(_np(w[0]).T)  # weight_ih = Uᵀ
-                W = np.ascontiguousarray(_np(w[1]).T)  # weight_hh = Wᵀ
-                b = _np(w[2]) + _np(w[3]) if bias else np.zeros(W.shape[0], W.dtype)  # b = b_ih + b_hh
-                cells.append(Cell(U, W, b))
-            layers.append(tuple(cells))
-        out, h_last, tape = packed_forward(
-            _np(data), bs, layers, _np(hx), nonlinearity="relu" if relu else "tanh",
-            dropout_masks=masks, backend=backend,
-        )
+        cells = []
+        for i in range(L * D):
+            w = weights[i * per : (i + 1) * per]
+            W = np.ascontiguousarray(_np(w[1]).T)  # weight_hh = Wᵀ
+            b = np.add(_np(w[2]), _np(w[3])) if bias else np.zeros(W.shape[0], W.dtype)  # b = b_ih + b_hh
+            cells.append((np.ascontiguousarray(_np(w[0]).T), W, b))  # weight_ih = Uᵀ
+        x = _np(data)
+        steps = _steps(bs, x.shape[0])
+        out, h_last, tape = _stack.forward(resolve(backend), cells, D, x, _np(hx), *steps, relu, masks)
         ctx.tape, ctx.cfg = tape, cfg
         out = torch.from_numpy(out)
         ctx.save_for_backward(out)  # the tape may share its memory: autograd then refuses in-place changes to it
@@ -75,18 +76,13 @@ class _Stack(torch.autograd.Function):
     def backward(ctx, d_out, d_hn):
         L, D, bias, *_ = ctx.cfg
         ctx.saved_tensors  # raises if the output was modified in place since forward
-        layers, dh0, dX = packed_backward(
-            ctx.tape,
-            None if d_out is None else _np(d_out),
-            None if d_hn is None else _np(d_hn),
-            want_dX=ctx.needs_input_grad[1],
-        )
+        # autograd materialises an unused output's gradient as zeros: both arrive with the outputs' shapes
+        cell_grads, dh0, dX = _stack.backward(ctx.tape, _np(d_out), _np(d_hn), ctx.needs_input_grad[1])
         grads = []
-        for cells in layers:
-            for dU, dW, db in cells:
-                grads += [torch.from_numpy(dU.T), torch.from_numpy(dW.T)]
-                if bias:
-                    grads += [torch.from_numpy(db), torch.from_numpy(db.copy())]  # ∂L/∂b_ih = ∂L/∂b_hh = ∂L/∂b
+        for dU, dW, db in cell_grads:
+            grads += [torch.from_numpy(dU.T), torch.from_numpy(dW.T)]
+            if bias:
+                grads += [torch.from_numpy(db), torch.from_numpy(db.copy())]  # ∂L/∂b_ih = ∂L/∂b_hh = ∂L/∂b
         dX = None if dX is None else torch.from_numpy(dX)
         return (None, dX, torch.from_numpy(dh0), *grads)
 
@@ -114,6 +110,7 @@ class RNN(nn.RNN):
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+        self._shapes = [torch.Size(w.shape) for w in self._flat_weights]  # what the kernels are built for
 
     @classmethod
     def from_torch(cls, module, *, backend=None):
@@ -139,14 +136,17 @@ class RNN(nn.RNN):
         return plain
 
     def _weights(self, dtype):
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        for name, w in zip(self._flat_weights_names, weights):
+        weights = self._flat_weights  # nn.RNN keeps it in step with the parameters (setattr, .to, load_state_dict)
+        shapes = self._shapes
+        for name, w, shape in zip(self._flat_weights_names, weights, shapes):
             if w.device.type != "cpu":
                 raise RuntimeError(f"fastrnn runs on the CPU: parameter {name} is on {_where(w)}; call .cpu() "
                                    "or use torch.nn.RNN on other devices")
             if w.dtype != dtype:
                 raise TypeError(f"fastrnn.torch.RNN: input is {dtype} but parameter {name} is {w.dtype}; "
                                 "convert one of them (fastrnn never casts silently)")
+            if w.shape != shape:
+                raise ValueError(f"fastrnn.torch.RNN: parameter {name} has shape {tuple(w.shape)}, expected {tuple(shape)}")
         return weights
 
     def forward(self, input, hx=None):  # noqa: A002 - torch's argument name
