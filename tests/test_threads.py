@@ -349,3 +349,85 @@ def test_a_forked_child_can_split_steps(monkeypatch):
             pytest.fail("the forked child hung on a split step")
         __import__("time").sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+# -- the general model (DeepParams, lengths, relu) under the same policy and split -----
+
+
+def _leaves(tree):
+    """Every array (or None) of a Grads / DeepGrads, in order."""
+    if tree is None or isinstance(tree, np.ndarray):
+        return [tree]
+    return [leaf for sub in tree for leaf in _leaves(sub)]
+
+
+def _deep_batch(L, bidirectional, relu, ids, T=6, n=7, d=5, h=4, v=3, seed=5):
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    params = fastrnn.init_params(d, h, v, num_layers=L, bidirectional=bidirectional,
+                                 nonlinearity="relu" if relu else "tanh", seed=seed, dtype=np.float64)
+    x = rng.integers(0, d, (T, n)) if ids else rng.standard_normal((T, n, d))
+    y = rng.integers(0, v, (T, n))
+    y[1, 2] = -100  # an ignored target inside a sequence
+    lengths = np.array([3, 6, 1, 4, 3, 2, 5])  # unsorted, ties; the block of every third has max length < T
+    h0 = 0.5 * rng.standard_normal((L * D, n, h))
+    return params, x, y, (h0 if isinstance(params, fastrnn.DeepParams) else h0[0]), lengths
+
+
+@pytest.mark.parametrize("L, bidirectional, relu", [(1, False, False), (2, False, True), (2, True, False),
+                                                    (1, True, True)])
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("params_only", [False, True])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_split_general_steps_agree_with_the_reference_and_with_any_thread_count(
+        monkeypatch, backend, params_only, ids, L, bidirectional, relu):
+    from cases import rel_err
+
+    monkeypatch.setattr(_parallel, "SPLIT_ABOVE", 0)
+    monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
+    monkeypatch.setattr(_threads, "NCPU", 3)  # 7 sequences -> 3 blocks of every third by length
+    params, x, y, h0, lengths = _deep_batch(L, bidirectional, relu, ids)
+    calls = []
+    real = _parallel._run_blocks
+    monkeypatch.setattr(_parallel, "_run_blocks", lambda block, B: calls.append(B) or real(block, B))
+    kw = dict(h0=h0, lengths=lengths, params_only=params_only)
+    want = fastrnn.loss_and_grads(params, x, y, backend="numpy", **kw)
+    runs = []
+    for k in (1, 2, 3):
+        fastrnn.set_num_threads(k)
+        runs.append(fastrnn.loss_and_grads(params, x, y, backend=backend, **kw))
+    assert calls == [3, 3, 3]  # the step was split
+    flat = lambda r: [np.float64(r[0]), *_leaves(r[1]), r[2]]  # noqa: E731
+    got, expected = flat(runs[0]), flat(want)
+    assert len(got) == len(expected)
+    for a, e in zip(got, expected):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert rel_err(a, e) < 1e-12
+    for other in runs[1:]:
+        for a, e in zip(flat(other), got):
+            assert (a is None and e is None) or np.array_equal(a, e)
+
+
+@needs_blas
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_general_calls_run_under_the_thread_policy(monkeypatch, backend):
+    """lengths=, DeepParams and predict_proba's general path set the BLAS as the plain step does."""
+    params, x, y, h0, lengths = _deep_batch(2, True, False, False)
+    seen = []
+    real_set = _threads._blas_set
+    monkeypatch.setattr(_threads, "_blas_set", lambda k: seen.append(k) or real_set(k))
+    both = []
+    packed = importlib.import_module("fastrnn.backends._packed")
+    real_both = packed._both
+    monkeypatch.setattr(packed, "_both", lambda *a: both.append(1) or real_both(*a))
+    fastrnn.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
+        assert seen == [1, 2] and both == []  # one thread: the two directions one after the other
+        fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, backend=backend)
+        assert seen == [1, 2, 1, 2]
+        assert _threads.blas_threads() == 2
+        fastrnn.set_num_threads(2)
+        fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
+        assert seen == [1, 2, 1, 2] and len(both) == 2 * 2  # two layers forward and backward, side by side

@@ -131,9 +131,10 @@ _scoped = {}  # name -> _Scoped
 
 
 class _Scoped:
-    """A backend module whose four kernels run with SciPy's BLAS set to
-    fastrnn's thread count and put back afterwards (:mod:`fastrnn._threads`).
-    Anything else is the module's own attribute."""
+    """A backend module whose kernels (the four of the plain model, the four
+    ``deep_*`` of the general one) run with SciPy's BLAS set to fastrnn's
+    thread count and put back afterwards (:mod:`fastrnn._threads`). Anything
+    else is the module's own attribute."""
 
     def __init__(self, module):
         self.module = module
@@ -144,6 +145,14 @@ class _Scoped:
         self.loss_and_grads = functools.partial(
             _parallel.loss_and_grads if split else _threads.call, module.loss_and_grads
         )
+        if hasattr(module, "deep_loss_and_grads"):  # the general model, under the same policy
+            for kernel in ("deep_forward", "deep_probs"):  # the reference runs its directions in turn
+                setattr(self, kernel, functools.partial(_parallel.directions if split else _threads.call,
+                                                        getattr(module, kernel)))
+            self.deep_backward = functools.partial(_threads.call, module.deep_backward)  # one direction
+            self.deep_loss_and_grads = functools.partial(
+                _parallel.deep_loss_and_grads if split else _threads.call, module.deep_loss_and_grads
+            )
 
     def __getattr__(self, name):
         return getattr(self.module, name)

@@ -173,14 +173,21 @@ def _both(fn, args_fwd, args_rev):
     return forward, future.result()
 
 
-def _stack_forward(K, cells, D, x, h0, p, relu):
+def _directions(fn, args, side_by_side):
+    """fn on each direction's args: both side by side on two threads, or one after the other."""
+    if len(args) == 2 and side_by_side:
+        return list(_both(fn, *args))
+    return [fn(*a) for a in args]
+
+
+def _stack_forward(K, cells, D, x, h0, p, relu, side_by_side=True):
     """Returns (the top layer's outputs [(N, h) per direction], per-cell (input, H, Hprev),
     final states sorted (L·D, n, h))."""
     h0s = h0[:, p.order] if p.rows is not None else h0
     caches, h_last = [], []
     for l in range(len(cells) // D):
         args = [(*cells[l * D + k], x, h0s[l * D + k], p.bs, p.off, k == 1, relu) for k in range(D)]
-        outs = _both(K.layer_forward, *args) if D == 2 else [K.layer_forward(*args[0])]
+        outs = _directions(K.layer_forward, args, side_by_side)
         for k, (H, Hprev) in enumerate(outs):
             caches.append((x, H, Hprev))
             h_last.append(H[: len(p.order)] if k == 1 else H[p.last])  # reversed: its step 0; forward: own last
@@ -190,7 +197,7 @@ def _stack_forward(K, cells, D, x, h0, p, relu):
     return tops, caches, np.stack(h_last)
 
 
-def _stack_backward(K, cells, D, caches, dtops, dh_last_s, p, relu, want_dX):
+def _stack_backward(K, cells, D, caches, dtops, dh_last_s, p, relu, want_dX, side_by_side=True):
     """dtops: ∂L/∂(top output) per direction."""
     grads, dAs = [None] * len(cells), [None] * len(cells)
     dh0 = np.empty_like(dh_last_s)
@@ -207,7 +214,7 @@ def _stack_backward(K, cells, D, caches, dtops, dh_last_s, p, relu, want_dX):
                 G_k = G if D == 1 else np.ascontiguousarray(G[:, k * h : (k + 1) * h])
             dh0[l * D + k] = dh_last_s[l * D + k]
             args.append((G_k, H, Hprev, U, W, x, dh0[l * D + k], p.bs, p.off, k == 1, relu, want_dX or l > 0))
-        outs = _both(K.layer_backward, *args) if D == 2 else [K.layer_backward(*args[0])]
+        outs = _directions(K.layer_backward, args, side_by_side)
         dX_l = None
         for k, (dU, dW, db, dX) in enumerate(outs):
             grads[l * D + k] = (dU, dW, db)
@@ -217,10 +224,10 @@ def _stack_backward(K, cells, D, caches, dtops, dh_last_s, p, relu, want_dX):
     return grads, dh0, G, dAs
 
 
-def deep_forward(K, cells, D, inputs, h0, lengths, relu):
+def deep_forward(K, cells, D, inputs, h0, lengths, relu, side_by_side=True):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)
     top = tops[0] if D == 1 else np.concatenate(tops, axis=1)
     return _unpack(top, p, T, n), _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
 
@@ -243,22 +250,24 @@ def deep_backward(K, cells, D, inputs, h0, lengths, relu, H, dH, dh_last, want_d
     return dU, dW, db, _unsort(carry, p)[None], dX, _unpack(G, p, T, n)
 
 
-def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu):
+def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu, side_by_side=True):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)
     P = K.head_probs(tops, V, c)
     return _unpack(P, p, T, n), _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
 
 
-def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False):
+def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False,
+                        side_by_side=True):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
-    tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu)
+    tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)
     y = np.ascontiguousarray(_pack(targets, p))
     total, dV, dc, dtops = K.head_loss(tops, V, c, y, scale)
     dh_last = np.zeros_like(h_last)
-    grads, dh0, dX, dAs = _stack_backward(K, cells, D, caches, dtops, dh_last, p, relu, not params_only)
+    grads, dh0, dX, dAs = _stack_backward(K, cells, D, caches, dtops, dh_last, p, relu, not params_only,
+                                          side_by_side)
     if params_only:
         dX = dAs = None
     else:

@@ -50,8 +50,12 @@ _pool_lock = threading.Lock()
 
 def blocks(T, n, d, h, v, ncpu=None):
     """Number of row blocks for a step of these sizes (1: no split)."""
+    return _blocks(T * n * (d * h + h * h + h * v), n, ncpu)
+
+
+def _blocks(work, n, ncpu=None):
+    """Number of row blocks for a step of ``work`` multiply-adds per forward pass over n sequences."""
     ncpu = _threads.NCPU if ncpu is None else ncpu
-    work = T * n * (d * h + h * h + h * v)
     if ncpu < 2 or not SPLIT_ABOVE <= work < SPLIT_BELOW:
         return 1
     return max(1, min(ncpu, n // MIN_ROWS))
@@ -76,6 +80,19 @@ def _executor():
     return _pool
 
 
+def _run_blocks(block, B):
+    """[block(0), ..., block(B − 1)]: as many threads as the policy allows, BLAS on one
+    thread each; the calling thread takes its share."""
+    threads = min(_threads.cores(), B)
+    groups = [list(range(k, B, threads)) for k in range(threads)]  # this thread takes groups[0]
+    with _threads.blas(1):
+        futures = [_executor().submit(lambda g=g: [block(i) for i in g]) for g in groups[1:]]
+        done = {i: block(i) for i in groups[0]}
+        for g, f in zip(groups[1:], futures):
+            done.update(zip(g, f.result()))
+    return [done[i] for i in range(B)]
+
+
 def loss_and_grads(kernel, U, W, V, b, c, inputs, targets, h0, scale, params_only=False):
     """``kernel``'s loss_and_grads (the backend interface), split into row blocks
     when the step is large, under the thread policy either way."""
@@ -92,15 +109,7 @@ def loss_and_grads(kernel, U, W, V, b, c, inputs, targets, h0, scale, params_onl
         x, y, s = (np.ascontiguousarray(a[:, rows]) for a in (inputs, targets, h0[None]))
         return kernel(U, W, V, b, c, x, y, s[0], scale, params_only)
 
-    threads = min(_threads.cores(), B)
-    groups = [list(range(k, B, threads)) for k in range(threads)]  # this thread takes groups[0]
-    with _threads.blas(1):
-        futures = [_executor().submit(lambda g=g: [block(i) for i in g]) for g in groups[1:]]
-        done = {i: block(i) for i in groups[0]}
-        for g, f in zip(groups[1:], futures):
-            done.update(zip(g, f.result()))
-    parts = [done[i] for i in range(B)]
-    return _combine(parts)
+    return _combine(_run_blocks(block, B))
 
 
 def _combine(parts):
@@ -116,3 +125,62 @@ def _combine(parts):
     dA = None if parts[0][8] is None else np.concatenate([p[8] for p in parts], axis=1)
     h_last = np.concatenate([p[9] for p in parts])
     return (loss, *sums, dh0, dX, dA, h_last)
+
+
+def directions(kernel, *args):
+    """A general-model kernel (``deep_probs``, ``deep_forward``, an unsplit
+    ``deep_loss_and_grads``) under the thread policy, the two directions of a
+    layer side by side when it allows two threads, else one after the other."""
+    return _threads.call(kernel, *args, _threads.current() >= 2)
+
+
+def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False):
+    """The general model's training step (``deep_loss_and_grads`` of the backend
+    interface), split into blocks of sequences when the step is large.
+
+    A block takes every B-th sequence in the order of decreasing length, so the
+    blocks hold about equal work whatever the lengths, and runs only up to its
+    longest sequence; inside a block the two directions of a layer run one after
+    the other (the blocks already use the cores). An unsplit step runs the
+    directions side by side when the policy allows two threads.
+    """
+    T, n = targets.shape
+    ids = inputs.dtype.kind != "f"
+    h, v = cells[0][1].shape[0], V.shape[1]
+    per_row = sum((0 if ids and i < D else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + D * h * v
+    B = _blocks(int(lengths.sum()) * per_row, n)
+    if B == 1:
+        return directions(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only)
+    order = np.argsort(-lengths, kind="stable")
+    members = [np.sort(order[i::B]) for i in range(B)]
+
+    def block(i):
+        j = members[i]
+        Tb = int(lengths[j].max())
+        x, y = (np.ascontiguousarray(a[:Tb, j]) for a in (inputs, targets))
+        return kernel(cells, D, V, c, x, y, np.ascontiguousarray(h0[:, j]), lengths[j], scale, relu,
+                      params_only, False)
+
+    parts = _run_blocks(block, B)
+    loss = parts[0][0]
+    grads = [list(cell) for cell in parts[0][1]]  # the kernels' own new arrays: summed into in place
+    dV, dc = parts[0][2], parts[0][3]
+    for p in parts[1:]:  # summed in block order: the same bits for any thread count
+        loss = loss + p[0]
+        for mine, theirs in zip(grads, p[1]):
+            for g, t in zip(mine, theirs):
+                g += t
+        dV += p[2]
+        dc += p[3]
+    dh0, h_last = np.empty_like(h0), np.empty_like(h0)
+    dX = None if parts[0][5] is None else np.zeros(inputs.shape, dtype=V.dtype)
+    dAs = None if parts[0][6] is None else [np.zeros((T, n, a.shape[2]), dtype=a.dtype) for a in parts[0][6]]
+    for j, p in zip(members, parts):
+        dh0[:, j] = p[4]
+        h_last[:, j] = p[7]
+        if dX is not None:
+            dX[: len(p[5]), j] = p[5]
+        if dAs is not None:
+            for out, a in zip(dAs, p[6]):
+                out[: len(a), j] = a
+    return loss, [tuple(g) for g in grads], dV, dc, dh0, dX, dAs, h_last
