@@ -3,6 +3,7 @@
     python bench/contention.py                  # all three parts
     python bench/contention.py --parts burn     # (a) only
     python bench/contention.py --threads 2      # the same with a fixed thread count instead of auto
+    python bench/contention.py --parts burn --models "1 layer" "2 layers" bidirectional lengths
 
 (a) burn: a training-step loop (``params_only``, as Trainer runs it) at char32,
     small and medium, first on a quiet machine, then next to one CPU-burning
@@ -56,16 +57,27 @@ def stop(procs):
 # --------------------------------------------------------------------------
 
 
-def step_times(name, seconds=3.0, block_ms=50.0):
+#: The model a step of (a) trains: today's one layer, or the general model's variants.
+MODELS = ("1 layer", "2 layers", "bidirectional", "lengths")
+
+
+def step_times(name, seconds=3.0, block_ms=50.0, model="1 layer"):
     """Median of per-block mean step times over ``seconds`` of stepping."""
     import fastrnn
-    from fastrnn.bench import make
+    from fastrnn.bench import CONFIGS, make
 
     params, x, y = make(name)
-    h0 = np.zeros((x.shape[1], params.U.shape[1]), dtype=params.U.dtype)
+    T, n, d, h, v, _ = CONFIGS[name]
+    kw = {}
+    if model == "2 layers":
+        params = fastrnn.init_params(d, h, v, dtype=params.U.dtype, seed=0, num_layers=2)
+    elif model == "bidirectional":
+        params = fastrnn.init_params(d, h, v, dtype=params.U.dtype, seed=0, bidirectional=True)
+    elif model == "lengths":  # uniform in [T/4, T], as bench/general.py
+        kw["lengths"] = np.random.default_rng(1).integers(max(1, T // 4), T + 1, n)
 
     def step():
-        return fastrnn.loss_and_grads(params, x, y, h0=h0, params_only=True)
+        return fastrnn.loss_and_grads(params, x, y, params_only=True, **kw)
 
     step()
     t_end = time.perf_counter() + seconds
@@ -89,20 +101,22 @@ def part_burn(args):
         fastrnn.set_num_threads(args.threads)
     rows = {}
     for name in args.configs:
-        quiet, busy = [], []
-        for _ in range(args.repeats):  # interleaved: quiet, busy, quiet, busy ...
-            time.sleep(0.3)
-            quiet.append(step_times(name, args.seconds))
-            procs = burners(NCPU)
-            try:
+        for model in args.models:
+            quiet, busy = [], []
+            for _ in range(args.repeats):  # interleaved: quiet, busy, quiet, busy ...
                 time.sleep(0.3)
-                busy.append(step_times(name, args.seconds))
-            finally:
-                stop(procs)
-        q, b = statistics.median(quiet), statistics.median(busy)
-        rows[name] = {"quiet_ms": q * 1e3, "burn_ms": b * 1e3, "ratio": b / q}
-        print(f"  {name:8s} quiet {q * 1e3:8.3f} ms   next to {NCPU} burners {b * 1e3:8.3f} ms   ratio {b / q:5.2f}",
-              flush=True)
+                quiet.append(step_times(name, args.seconds, model=model))
+                procs = burners(NCPU)
+                try:
+                    time.sleep(0.3)
+                    busy.append(step_times(name, args.seconds, model=model))
+                finally:
+                    stop(procs)
+            q, b = statistics.median(quiet), statistics.median(busy)
+            key = name if model == "1 layer" else f"{name}, {model}"
+            rows[key] = {"quiet_ms": q * 1e3, "burn_ms": b * 1e3, "ratio": b / q}
+            print(f"  {key:24s} quiet {q * 1e3:8.3f} ms   next to {NCPU} burners {b * 1e3:8.3f} ms   "
+                  f"ratio {b / q:5.2f}", flush=True)
     return rows
 
 
@@ -192,6 +206,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=("burn", "pair", "torch"), default=["burn", "pair", "torch"])
     ap.add_argument("--configs", nargs="+", default=["char32", "small", "medium"])
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=["1 layer"],
+                    help="what (a) trains: the one-layer model, or the general model's variants")
     ap.add_argument("--threads", default=None, help="fastrnn thread setting (default: $FASTRNN_NUM_THREADS or auto)")
     ap.add_argument("--repeats", type=int, default=3, help="quiet/busy alternations per config in (a)")
     ap.add_argument("--seconds", type=float, default=2.0, help="stepping time per measurement in (a)")

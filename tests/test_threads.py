@@ -354,6 +354,22 @@ def test_a_forked_child_can_split_steps(monkeypatch):
 # -- the general model (DeepParams, lengths, relu) under the same policy and split -----
 
 
+def test_which_general_steps_are_split():
+    def blocks(T, n, d, h, v, L=1, D=1, ids=False):
+        cells = [(np.empty((d if l == 0 else D * h, h)), np.empty((h, h)), None) for l in range(L) for _ in range(D)]
+        return _parallel.deep_blocks(T, n, cells, D, v, ids, ncpu=2)
+
+    # one cell: the same as the plain step, lengths or not (char32 with lengths splits as padded)
+    assert blocks(25, 32, 65, 100, 65, ids=True) == _parallel.blocks(25, 32, 0, 100, 65, ncpu=2) == 2
+    assert blocks(25, 32, 65, 40, 65, ids=True) == 1  # 4.2M multiply-adds
+    assert blocks(25, 1, 65, 100, 65, ids=True) == 1  # char: one sequence
+    assert blocks(50, 32, 64, 128, 64, L=2) == 2
+    # the second layer's input is dense even when the first reads token ids: 1600 + 3200 + 2600 per row, 5.9M
+    assert blocks(25, 32, 65, 40, 65, L=2, ids=True) == 1
+    assert blocks(25, 32, 65, 40, 65, L=2, D=2, ids=True) == 2  # 2·1600 + 2·4800 + 5200 per row: 14.4M
+    assert blocks(100, 128, 512, 1024, 512, D=2) == 1  # large: the BLAS's own threads
+
+
 def _leaves(tree):
     """Every array (or None) of a Grads / DeepGrads, in order."""
     if tree is None or isinstance(tree, np.ndarray):
@@ -431,3 +447,30 @@ def test_general_calls_run_under_the_thread_policy(monkeypatch, backend):
         fastrnn.set_num_threads(2)
         fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
         assert seen == [1, 2, 1, 2] and len(both) == 2 * 2  # two layers forward and backward, side by side
+
+
+@needs_blas
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_packed_stack_runs_under_the_thread_policy(monkeypatch, backend):
+    """fastrnn.packed (and the torch bridge on it) set the BLAS as the other calls do."""
+    from fastrnn.packed import packed_backward, packed_forward
+
+    params, x, _, h0, _ = _deep_batch(1, True, False, False)
+    data = x.reshape(-1, x.shape[2])  # equal lengths: the time-major rows are the packed rows
+    batch_sizes = np.full(x.shape[0], x.shape[1])
+    seen = []
+    real_set = _threads._blas_set
+    monkeypatch.setattr(_threads, "_blas_set", lambda k: seen.append(k) or real_set(k))
+    both = []
+    packed = importlib.import_module("fastrnn.backends._packed")
+    real_both = packed._both
+    monkeypatch.setattr(packed, "_both", lambda *a: both.append(1) or real_both(*a))
+    fastrnn.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        out, h_last, tape = packed_forward(data, batch_sizes, params.layers, h0, backend=backend)
+        packed_backward(tape, np.ones_like(out))
+        assert seen == [1, 2] * 4 and both == []  # two directions, forward and backward, in turn
+        fastrnn.set_num_threads(2)
+        out2, _, tape = packed_forward(data, batch_sizes, params.layers, h0, backend=backend)
+        packed_backward(tape, np.ones_like(out))
+        assert len(both) == 2 and np.array_equal(out, out2)

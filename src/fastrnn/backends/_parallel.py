@@ -127,6 +127,16 @@ def _combine(parts):
     return (loss, *sums, dh0, dX, dA, h_last)
 
 
+def deep_blocks(T, n, cells, D, v, ids, ncpu=None):
+    """Number of blocks of sequences for a general-model step over (T, n) padded
+    rows. The work is counted over all T·n rows, lengths or not: what a split
+    saves is per step (its products over few rows are latency-bound and barely
+    cheaper with fewer), so a batch that splits padded splits with any lengths."""
+    h = cells[0][1].shape[0]
+    per_row = sum((0 if ids and i < D else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + D * h * v
+    return _blocks(T * n * per_row, n, ncpu)
+
+
 def directions(kernel, *args):
     """A general-model kernel (``deep_probs``, ``deep_forward``, an unsplit
     ``deep_loss_and_grads``) under the thread policy, the two directions of a
@@ -145,10 +155,7 @@ def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, sc
     directions side by side when the policy allows two threads.
     """
     T, n = targets.shape
-    ids = inputs.dtype.kind != "f"
-    h, v = cells[0][1].shape[0], V.shape[1]
-    per_row = sum((0 if ids and i < D else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + D * h * v
-    B = _blocks(int(lengths.sum()) * per_row, n)
+    B = deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
     if B == 1:
         return directions(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only)
     order = np.argsort(-lengths, kind="stable")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _threads
 from . import _packed
 
 
@@ -73,8 +74,12 @@ def kernels(be):
 
 
 def _run(fn, args):
-    """fn on one direction, or on both side by side (the kernels release the GIL)."""
-    return [fn(*args[0])] if len(args) == 1 else list(_packed._both(fn, args[0], args[1]))
+    """fn on each direction under the thread policy (:mod:`fastrnn._threads`): the
+    two directions side by side when it allows two threads (the kernels release the
+    GIL; each then runs its BLAS on one thread), else one after the other."""
+    if len(args) == 2 and _threads.current() >= 2:
+        return list(_packed._both(fn, args[0], args[1]))
+    return [_threads.call(fn, *a) for a in args]
 
 
 class Tape(dict):
