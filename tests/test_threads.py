@@ -206,12 +206,40 @@ def test_trainer_threads(monkeypatch):
     assert _threads.current() == 2
 
 
+def _blas_rounds_alike(backend, dtype, m=64, k=160, n=160):
+    """Whether the BLAS behind ``backend`` gives one (m, k) x (k, n) product bit for
+    bit with one thread and with two. OpenBLAS divides a product's rows and columns
+    between its threads, never the inner sum, but some of its kernels round an
+    element differently by the width of the block it falls in: OpenBLAS 0.3.31's
+    sgemm on AMD Zen (its Haswell kernels) does, its dgemm does not."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(shape).astype(dtype) for shape in ((m, k), (k, n)))
+    if backend == "numpy":
+        product = np.dot
+    else:  # the fast backends' products run on SciPy's OpenBLAS
+        from scipy.linalg import blas
+
+        gemm = blas.sgemm if dtype == np.float32 else blas.dgemm
+        product = lambda p, q: gemm(1.0, p, q)  # noqa: E731
+    out = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            out.append([product(a, b), product(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T))])
+    return all(np.array_equal(p, q) for p, q in zip(*out))  # both orientations of the product
+
+
 @needs_blas
 @pytest.mark.parametrize("T", [2, 12])  # one block, BLAS threads in each product; two row blocks (_parallel)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_results_are_bit_identical_for_one_and_two_threads(backend, dtype, T):
-    """Big enough that OpenBLAS splits every product between the threads it has."""
+    """Big enough that OpenBLAS splits every product between the threads it has.
+
+    Bit for bit wherever the BLAS itself is; where its products round by the
+    threads' blocks (:func:`_blas_rounds_alike`), a split step (T = 12, every
+    block's BLAS on one thread) still is, and the rest agrees to rounding."""
+    from cases import rel_err
+
     assert _parallel.blocks(T, 64, 96, 160, 80, ncpu=2) == (1 if T == 2 else 2)
     params, x, y, h0 = _batch(T=T, n=64, d=96, h=160, v=80, dtype=dtype, seed=3)
     results = []
@@ -222,9 +250,15 @@ def test_results_are_bit_identical_for_one_and_two_threads(backend, dtype, T):
             loss, g, h_last = fastrnn.loss_and_grads(params, x, y, h0=h0, backend=backend)
             P, _ = fastrnn.predict_proba(params, x, h0=h0, backend=backend)
         results.append([np.float64(loss), *g, h_last, P])
-    for a, b in zip(*results):
-        if a is not None:
-            assert np.array_equal(a, b), backend
+    exact = _blas_rounds_alike(backend, dtype)
+    split = T == 12 and backend != "numpy"
+    for i, (a, b) in enumerate(zip(*results)):
+        if a is None:
+            continue
+        if exact or (split and i < len(results[0]) - 1):  # predict_proba is never split
+            assert np.array_equal(a, b), (backend, i)
+        else:
+            assert rel_err(a, b) < (1e-5 if dtype == np.float32 else 1e-13), (backend, i)
 
 
 def test_cli_threads_argument(tmp_path):

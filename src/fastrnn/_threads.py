@@ -142,7 +142,8 @@ def set_num_threads(k):
     ``$FASTRNN_NUM_THREADS`` when set. The setting applies only inside
     fastrnn's own calls: SciPy's OpenBLAS is set for each call and put back
     afterwards, and numpy's and torch's thread pools are never touched.
-    Results do not depend on it (the kernels are bit-identical for any count).
+    Results do not depend on it: bit-identical for any count in float64; in
+    float32 up to the last bits of OpenBLAS's sgemm where it rounds by threads.
     """
     global _setting
     previous = _global_setting()

@@ -15,7 +15,7 @@ auto (see :mod:`fastrnn._threads`) uses every core for the blocks, busy or not.
 How many blocks a step has depends only on its sizes and on the number of
 cores the process may use, never on the thread setting: with fewer threads
 than blocks a thread runs blocks in turn, and the sums are taken in block
-order. Results are therefore bit-identical for any thread count.
+order. A split step's results are therefore bit-identical for any thread count.
 """
 
 from __future__ import annotations
