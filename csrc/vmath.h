@@ -1,7 +1,7 @@
 /* tanh and exp that vectorise: the same range reduction, polynomials and
  * constants as the Numba backend's (src/fastrnn/backends/numba_kernels.py,
- * "Elementwise math that vectorises"), with one difference: here 2^k is built
- * from its exponent bits (below), there it is read from a table of 2^k.
+ * "Elementwise math that vectorises"); in both, 2^k is built from its exponent
+ * bits (below).
  *
  * A call to libm's tanh or exp keeps a loop scalar. These are straight-line
  * code with selects instead of branches, so GCC and Clang vectorise the loops
