@@ -125,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--backends", nargs="+", default=[b for b in ("numba", "c") if b in fastrnn.backends()])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--quiet-ms", type=float, default=30)
+    ap.add_argument("--quiet-ms", type=float, default=150)
     ap.add_argument("--block-ms", type=float, default=150)
     args = ap.parse_args(argv)
     dtype = np.dtype(args.dtype).type
