@@ -46,6 +46,10 @@ AGREEMENT_CASES = GRADCHECK_CASES + [
     GCase(6, 4, 5, 5, 6, L=1, D=1, lengths=(2, 6, 4, 2), ids=True),
     GCase(5, 3, 3, 4, 5, L=2, D=2),  # nothing padded, h0 given: the kernels' no-copy branch
     GCase(5, 3, 3, 4, 5, L=2, D=2, relu=True, lengths=(5, 5, 5), ids=True),
+    # a bidirectional head runs in two halves of the packed rows, whole below two rows
+    GCase(3, 1, 3, 4, 5, L=1, D=2, lengths=(1,)),  # one row: whole
+    GCase(3, 2, 3, 4, 5, L=1, D=2, lengths=(1, 1), ignore=1),  # two rows: a row each
+    GCase(3, 3, 3, 4, 5, L=2, D=2, lengths=(3, 1, 1)),  # five rows: halves of 2 and 3
 ]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 

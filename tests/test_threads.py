@@ -429,7 +429,7 @@ def _deep_batch(L, bidirectional, relu, ids, T=6, n=7, d=5, h=4, v=3, seed=5):
 @pytest.mark.parametrize("ids", [False, True])
 @pytest.mark.parametrize("params_only", [False, True])
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_split_general_steps_agree_with_the_reference_and_with_any_thread_count(
+def test_general_steps_split_or_side_by_side_agree_with_the_reference_and_any_thread_count(
         monkeypatch, backend, params_only, ids, L, bidirectional, relu):
     from cases import rel_err
 
@@ -437,16 +437,22 @@ def test_split_general_steps_agree_with_the_reference_and_with_any_thread_count(
     monkeypatch.setattr(_parallel, "MIN_ROWS", 2)
     monkeypatch.setattr(_threads, "NCPU", 3)  # 7 sequences -> 3 blocks of every third by length
     params, x, y, h0, lengths = _deep_batch(L, bidirectional, relu, ids)
-    calls = []
+    calls, both = [], []
     real = _parallel._run_blocks
     monkeypatch.setattr(_parallel, "_run_blocks", lambda block, B: calls.append(B) or real(block, B))
+    packed = importlib.import_module("fastrnn.backends._packed")
+    real_both = packed._both
+    monkeypatch.setattr(packed, "_both", lambda *a: both.append(1) or real_both(*a))
     kw = dict(h0=h0, lengths=lengths, params_only=params_only)
     want = fastrnn.loss_and_grads(params, x, y, backend="numpy", **kw)
     runs = []
     for k in (1, 2, 3):
         fastrnn.set_num_threads(k)
         runs.append(fastrnn.loss_and_grads(params, x, y, backend=backend, **kw))
-    assert calls == [3, 3, 3]  # the step was split
+    if bidirectional:  # never split: the two directions side by side (and the head's two halves)
+        assert calls == [] and len(both) == 2 * (2 * L + 1)  # threads 2 and 3; 1 runs them in turn
+    else:
+        assert calls == [3, 3, 3] and both == []  # the step was split
     flat = lambda r: [np.float64(r[0]), *_leaves(r[1]), r[2]]  # noqa: E731
     got, expected = flat(runs[0]), flat(want)
     assert len(got) == len(expected)
@@ -480,7 +486,8 @@ def test_general_calls_run_under_the_thread_policy(monkeypatch, backend):
         assert _threads.blas_threads() == 2
         fastrnn.set_num_threads(2)
         fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend=backend)
-        assert seen == [1, 2, 1, 2] and len(both) == 2 * 2  # two layers forward and backward, side by side
+        # side by side, every product on one BLAS thread: two layers forward, the head's halves, two backward
+        assert seen == [1, 2] * 3 and len(both) == 2 + 1 + 2
 
 
 @needs_blas

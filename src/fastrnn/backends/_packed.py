@@ -38,7 +38,8 @@ class Kernels(NamedTuple):
     layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX) -> (dU, dW, db, dX or None)
         G (N, h) = ∂L/∂H from above becomes dA; carry (n, h) enters as ∂L/∂(final
         state) and leaves as ∂L/∂h0 (sorted order)
-    head_loss(tops, V, c, y, scale) -> (Σ −log Ŷ[y] over y >= 0, dV, dc, [∂L/∂top for each top])
+    head_loss(tops, V, c, y, scale, out=None) -> (Σ −log Ŷ[y] over y >= 0, dV, dc, [∂L/∂top for each top])
+        (the ∂L/∂top written into ``out``, a list of arrays like ``tops``, when given)
     head_probs(tops, V, c) -> Ŷ (N, v)
         ``tops`` is the top layer's output per direction, [H] or [H_fwd, H_rev]
         (each (N, h)): the head reads [H_fwd | H_rev] without building it.
@@ -180,6 +181,31 @@ def _directions(fn, args, side_by_side):
     return [fn(*a) for a in args]
 
 
+# A bidirectional model's head (its products, over [H_fwd | H_rev], are as large as a
+# direction's) runs in two halves of the packed rows, side by side when the directions
+# are. Always in halves, so the bits do not depend on the thread count (a product's
+# rounding can depend on how many rows it has).
+
+
+def _head_loss(K, tops, V, c, y, scale, side_by_side):
+    N = len(y)
+    if len(tops) == 1 or N < 2:
+        return K.head_loss(tops, V, c, y, scale)
+    dtops = [np.empty_like(t) for t in tops]
+    halves = [([t[r] for t in tops], V, c, y[r], scale, [g[r] for g in dtops])
+              for r in (slice(None, N // 2), slice(N // 2, None))]
+    (t0, dV, dc, _), (t1, dV1, dc1, _) = _directions(K.head_loss, halves, side_by_side)
+    return t0 + t1, dV + dV1, dc + dc1, dtops
+
+
+def _head_probs(K, tops, V, c, side_by_side):
+    N = len(tops[0])
+    if len(tops) == 1 or N < 2:
+        return K.head_probs(tops, V, c)
+    halves = [([t[r] for t in tops], V, c) for r in (slice(None, N // 2), slice(N // 2, None))]
+    return np.concatenate(_directions(K.head_probs, halves, side_by_side))
+
+
 def _stack_forward(K, cells, D, x, h0, p, relu, side_by_side=True):
     """Returns (the top layer's outputs [(N, h) per direction], per-cell (input, H, Hprev),
     final states sorted (L·D, n, h))."""
@@ -254,7 +280,7 @@ def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu, side_by_side=True):
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
     tops, _, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)
-    P = K.head_probs(tops, V, c)
+    P = _head_probs(K, tops, V, c, side_by_side)
     return _unpack(P, p, T, n), _unsort(h_last.swapaxes(0, 1), p).swapaxes(0, 1).copy()
 
 
@@ -264,7 +290,7 @@ def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, 
     p = packing(lengths, T)
     tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)
     y = np.ascontiguousarray(_pack(targets, p))
-    total, dV, dc, dtops = K.head_loss(tops, V, c, y, scale)
+    total, dV, dc, dtops = _head_loss(K, tops, V, c, y, scale, side_by_side)
     dh_last = np.zeros_like(h_last)
     grads, dh0, dX, dAs = _stack_backward(K, cells, D, caches, dtops, dh_last, p, relu, not params_only,
                                           side_by_side)

@@ -139,9 +139,21 @@ def deep_blocks(T, n, cells, D, v, ids, ncpu=None):
 
 def directions(kernel, *args):
     """A general-model kernel (``deep_probs``, ``deep_forward``, an unsplit
-    ``deep_loss_and_grads``) under the thread policy, the two directions of a
-    layer side by side when it allows two threads, else one after the other."""
-    return _threads.call(kernel, *args, _threads.current() >= 2)
+    ``deep_loss_and_grads``; ``args[1]`` is D) under the thread policy.
+
+    A bidirectional model runs the two directions of each layer side by side on
+    two threads whenever :func:`fastrnn._threads.cores` gives two (as split
+    blocks do: they wait for each other without spinning), else one after the
+    other, and every product, the head's too, on one BLAS thread. OpenBLAS's
+    workers spin for about 0.1 s after a threaded product: one spinning while
+    the two directions ran took a core from them (a step at small ran 1.7x
+    slower side by side than in turn). The bits are the same either way.
+    """
+    if args[1] == 2:
+        side_by_side = _threads.cores() >= 2  # read before the BLAS is set to 1: it caps cores()
+        with _threads.blas(1):
+            return kernel(*args, side_by_side)
+    return _threads.call(kernel, *args, False)
 
 
 def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False):
@@ -150,12 +162,13 @@ def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, sc
 
     A block takes every B-th sequence in the order of decreasing length, so the
     blocks hold about equal work whatever the lengths, and runs only up to its
-    longest sequence; inside a block the two directions of a layer run one after
-    the other (the blocks already use the cores). An unsplit step runs the
-    directions side by side when the policy allows two threads.
+    longest sequence. A bidirectional step is never split: its two directions
+    already use two cores (:func:`directions`) over the whole batch, where a
+    split gives each core both directions over part of it, and the per-step
+    products are latency-bound: half the rows take nearly as long.
     """
     T, n = targets.shape
-    B = deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
+    B = 1 if D == 2 else deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
     if B == 1:
         return directions(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only)
     order = np.argsort(-lengths, kind="stable")

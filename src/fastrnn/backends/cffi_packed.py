@@ -86,7 +86,7 @@ def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX)
     return dU, dW, db, dX
 
 
-def head_loss(tops, V, c, y, scale):
+def head_loss(tops, V, c, y, scale, out=None):
     dt = V.dtype
     H1, H2 = tops[0], (tops[1] if len(tops) == 2 else None)
     N, h1 = H1.shape
@@ -95,13 +95,13 @@ def head_loss(tops, V, c, y, scale):
     _check_size(N * max(h1 + h2, v), (h1 + h2) * v)
     y64 = np.ascontiguousarray(y, dtype=np.int64)
     dV, dc, O = np.empty_like(V), np.empty(v, dt), np.empty((N, v), dt)
-    dH1 = np.empty((N, h1), dt)
-    dH2 = None if H2 is None else np.empty((N, h2), dt)
+    out = [np.empty((N, k), dt) for k in (h1, h2)[: len(tops)]] if out is None else out
+    dH1, dH2 = out[0], (out[1] if len(out) == 2 else None)
     loss = ffi.new("double *")
     a = _Args(dt)
     _call(_FN[dt][2], loss, a.p(dV), a.p(dc), a.p(dH1), a.p(dH2), a.p(O), a.p(H1), a.p(H2), a.p(V),
           a.p(c), a.p(y64), dt.type(scale), N, h1, h2, v)
-    return loss[0], dV, dc, [dH1] if H2 is None else [dH1, dH2]
+    return loss[0], dV, dc, out
 
 
 def head_probs(tops, V, c):

@@ -148,8 +148,9 @@ def _head_logits(H1, H2, V):
 
 
 @njit(**NUMBA_FLAGS)
-def _head_loss(H1, H2, V, c, y, scale):
-    """O = [H1 | H2] V + c becomes dO = counted ⊙ (softmax(O) − onehot(y))·scale; y < 0 is not counted."""
+def _head_loss(H1, H2, V, c, y, scale, dH1, dH2):
+    """O = [H1 | H2] V + c becomes dO = counted ⊙ (softmax(O) − onehot(y))·scale; y < 0 is not counted.
+    ∂L/∂H1 and ∂L/∂H2 go into dH1 and dH2."""
     N, h1 = H1.shape
     v = V.shape[1]
     O = _head_logits(H1, H2, V)
@@ -171,13 +172,11 @@ def _head_loss(H1, H2, V, c, y, scale):
             dc[k] += row[k]  # dc = Σ_t 1ᵀ dO_t
     dV = np.empty_like(V)
     np.dot(H1.T, O, dV[:h1])  # dV = Σ_t [H1 | H2]ᵀ dO_t, block by block
-    dH1 = np.dot(O, V[:h1].T)  # ∂L/∂[H1 | H2] = dO Vᵀ, block by block
+    np.dot(O, V[:h1].T, dH1)  # ∂L/∂[H1 | H2] = dO Vᵀ, block by block
     if H2.size:
         np.dot(H2.T, O, dV[h1:])
-        dH2 = np.dot(O, V[h1:].T)
-    else:
-        dH2 = np.empty((0, 0), dtype=V.dtype)
-    return total, dV, dc.astype(V.dtype), dH1, dH2
+        np.dot(O, V[h1:].T, dH2)
+    return total, dV, dc.astype(V.dtype)
 
 
 @njit(**NUMBA_FLAGS)
@@ -211,10 +210,11 @@ def layer_backward(G, H, Hprev, U, W, x, carry, bs, off, reverse, relu, want_dX)
 _NO_H = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
 
 
-def head_loss(tops, V, c, y, scale):
-    H2 = tops[1] if len(tops) == 2 else _NO_H[V.dtype]
-    total, dV, dc, dH1, dH2 = _head_loss(tops[0], H2, V, c, y, V.dtype.type(scale))
-    return total, dV, dc, [dH1, dH2][: len(tops)]
+def head_loss(tops, V, c, y, scale, out=None):
+    out = [np.empty_like(t) for t in tops] if out is None else out
+    H2, dH2 = (tops[1], out[1]) if len(tops) == 2 else (_NO_H[V.dtype], _NO_H[V.dtype])
+    total, dV, dc = _head_loss(tops[0], H2, V, c, y, V.dtype.type(scale), out[0], dH2)
+    return total, dV, dc, out
 
 
 def head_probs(tops, V, c):
