@@ -26,8 +26,15 @@ typedef void (*dgemm_fn)(const char *, const char *, const int *, const int *, c
                          const double *, const double *, const int *, const double *, const int *,
                          const double *, double *, const int *);
 
+typedef void (*sgemv_fn)(const char *, const int *, const int *, const float *, const float *, const int *,
+                         const float *, const int *, const float *, float *, const int *);
+typedef void (*dgemv_fn)(const char *, const int *, const int *, const double *, const double *, const int *,
+                         const double *, const int *, const double *, double *, const int *);
+
 static sgemm_fn sgemm_ptr = NULL;
 static dgemm_fn dgemm_ptr = NULL;
+static sgemv_fn sgemv_ptr = NULL;
+static dgemv_fn dgemv_ptr = NULL;
 
 int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below)
 {
@@ -37,17 +44,20 @@ int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below)
 /* The type of the accumulators for sums over all T·n rows (see kernels.inc). */
 #define ACC double
 
-int fastrnn_set_blas(void *sgemm, void *dgemm)
+int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv)
 {
     if (!sgemm || !dgemm) return FASTRNN_EBLAS;
     sgemm_ptr = (sgemm_fn)sgemm;
     dgemm_ptr = (dgemm_fn)dgemm;
+    sgemv_ptr = (sgemv_fn)sgemv;  /* NULL: one-row products go to gemm too */
+    dgemv_ptr = (dgemv_fn)dgemv;
     return FASTRNN_OK;
 }
 
 #define REAL float
 #define FN(name) name##_f32
 #define GEMM sgemm_ptr
+#define GEMV sgemv_ptr
 #define TANH vtanh_f32
 #define EXP vexp_f32   /* of arguments <= 0 only */
 #define LOG logf
@@ -56,6 +66,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #undef REAL
 #undef FN
 #undef GEMM
+#undef GEMV
 #undef TANH
 #undef EXP
 #undef LOG
@@ -63,6 +74,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm)
 #define REAL double
 #define FN(name) name##_f64
 #define GEMM dgemm_ptr
+#define GEMV dgemv_ptr
 #define TANH vtanh_f64
 #define EXP vexp_f64
 #define LOG log

@@ -10,7 +10,8 @@
  * copy_wt_below: the backward recurrence multiplies by a contiguous copy of Wᵀ
  * while n·h·h is below it, else by W transposed (fastrnn._config.COPY_WT_BELOW).
  * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran
- * sgemm and dgemm that numpy/scipy already ship, before any kernel runs.
+ * sgemm and dgemm that numpy/scipy already ship, before any kernel runs, and
+ * their sgemv and dgemv (or NULL) for products of one row.
  */
 #ifndef FASTRNN_H
 #define FASTRNN_H
@@ -23,7 +24,7 @@
 #define FASTRNN_EINDEX -3
 #define FASTRNN_ENOMEM -4
 
-int fastrnn_set_blas(void *sgemm, void *dgemm);
+int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv);
 
 /* 1 where the backward recurrence multiplies by a contiguous copy of Wᵀ for n rows
  * (n·h·h < copy_wt_below), 0 where it uses W transposed. */

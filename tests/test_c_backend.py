@@ -66,7 +66,7 @@ def test_c_refuses_inconsistent_sizes_and_ids():
     assert lib.rnn_forward_f64(ptr(Hs), ptr(P), ptr(U), ptr(W), ptr(b), ffi.NULL, iptr, 2, 1, 4, -2) == lib.FASTRNN_ESIZE
     ids[1, 0] = 3
     assert lib.rnn_forward_f64(ptr(Hs), ptr(P), ptr(U), ptr(W), ptr(b), ffi.NULL, iptr, 2, 1, 4, 2) == lib.FASTRNN_OK
-    assert lib.fastrnn_set_blas(ffi.NULL, ffi.NULL) == lib.FASTRNN_EBLAS
+    assert lib.fastrnn_set_blas(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL) == lib.FASTRNN_EBLAS
 
 
 def test_c_error_codes_become_exceptions():

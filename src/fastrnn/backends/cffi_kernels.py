@@ -29,8 +29,8 @@ _ERRORS = {
 _INT_MAX = 2**31 - 1
 
 
-def _gemm_addresses():
-    """Addresses of SciPy's sgemm and dgemm (32-bit integer BLAS interface).
+def _blas_addresses():
+    """Addresses of SciPy's sgemm, dgemm, sgemv and dgemv (32-bit integer BLAS interface).
 
     Loading SciPy's bundled OpenBLAS directly avoids importing scipy.linalg
     (about 0.13 s); its exports are what scipy.linalg.cython_blas wraps. Where
@@ -42,10 +42,7 @@ def _gemm_addresses():
         for path in sorted(libs.glob("libscipy_openblas-*.so")):
             try:
                 blas = ctypes.CDLL(str(path))
-                return (
-                    ctypes.cast(blas.scipy_sgemm_, ctypes.c_void_p).value,
-                    ctypes.cast(blas.scipy_dgemm_, ctypes.c_void_p).value,
-                )
+                return tuple(ctypes.cast(getattr(blas, f"scipy_{k}_"), ctypes.c_void_p).value for k in _BLAS)
             except (OSError, AttributeError):
                 continue
     from scipy.linalg import cython_blas
@@ -55,11 +52,11 @@ def _gemm_addresses():
     name = ctypes.pythonapi.PyCapsule_GetName
     name.restype, name.argtypes = ctypes.c_char_p, [ctypes.py_object]
     caps = cython_blas.__pyx_capi__
-    return tuple(get(caps[k], name(caps[k])) for k in ("sgemm", "dgemm"))
+    return tuple(get(caps[k], name(caps[k])) for k in _BLAS)
 
 
-_s, _d = _gemm_addresses()
-if lib.fastrnn_set_blas(ffi.cast("void *", _s), ffi.cast("void *", _d)) != 0:  # pragma: no cover
+_BLAS = ("sgemm", "dgemm", "sgemv", "dgemv")
+if lib.fastrnn_set_blas(*(ffi.cast("void *", a) for a in _blas_addresses())) != 0:  # pragma: no cover
     raise ImportError("could not register sgemm/dgemm with the C backend")
 
 _KERNELS = {
