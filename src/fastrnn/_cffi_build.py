@@ -39,8 +39,13 @@ ffibuilder.set_source(
     # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
     # -fno-trapping-math changes no result: it lets GCC compute both sides of a
     # select (as vmath.h asks) even though one side might raise an FP flag
-    # nobody reads; without it the tanh/exp loops stay scalar.
-    extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off", "-fno-trapping-math"],
+    # nobody reads; without it the tanh/exp loops stay scalar. -fno-thread-jumps
+    # and -fno-split-paths change no result either: GCC 12 otherwise copies the
+    # exp polynomial into each path through its clamps and then computes every
+    # copy in the vectorised loop (AVX2: exp 0.92 -> 0.22 ms, tanh 1.16 -> 0.35
+    # ms over 204,800 floats).
+    extra_compile_args=["-O3", "-std=c99", "-ffp-contract=off", "-fno-trapping-math", "-fno-thread-jumps",
+                        "-fno-split-paths"],
     libraries=["m"],
     optional=os.environ.get("FASTRNN_REQUIRE_C", "") not in ("1", "true", "yes"),
 )
