@@ -1,6 +1,7 @@
 """Checkpoints: damaged and crafted files, leftovers, the module's place (issue 12, items 7-10)."""
 
 import json
+import os
 import pathlib
 import zipfile
 
@@ -270,3 +271,17 @@ def test_format_1_checkpoints_are_still_read(good, tmp_path):
 def test_load_model_round_trip(good):
     model = load_model(good[0])
     assert model.hidden == 6 and model.dtype == np.float32 and len(model.vocab) == 28
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_checkpoint_gets_the_mode_of_any_new_file(tmp_path):
+    """Written through a temporary file, it still has 0o666 less the umask (mkstemp's 0o600 was not)."""
+    model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "m.npz", model)
+        save_checkpoint(tmp_path / "m.npz", model)  # replacing keeps it so too
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob("*.tmp"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -80,11 +80,23 @@ def glob_escape(name):
     return "".join(f"[{ch}]" if ch in "*?[]" else ch for ch in name)
 
 
+def _new_temporary(path):
+    """(fd, name) of a new file ``<name>.<random>.tmp`` beside ``path``, with the mode
+    ``open()`` gives a new file (0o666 less the umask; mkstemp's would be 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f"{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``; fsync it and rename it over ``path``."""
     path = Path(path)
     _remove_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
