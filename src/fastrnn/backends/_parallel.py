@@ -131,9 +131,14 @@ def deep_blocks(T, n, cells, D, v, ids, ncpu=None):
     """Number of blocks of sequences for a general-model step over (T, n) padded
     rows. The work is counted over all T·n rows, lengths or not: what a split
     saves is per step (its products over few rows are latency-bound and barely
-    cheaper with fewer), so a batch that splits padded splits with any lengths."""
+    cheaper with fewer), so a batch that splits padded splits with any lengths.
+    A bidirectional step is never split: its two directions already use two
+    cores (:func:`directions`) over the whole batch, where a split gives each
+    core both directions over part of it, and half the rows take nearly as long."""
+    if D == 2:
+        return 1
     h = cells[0][1].shape[0]
-    per_row = sum((0 if ids and i < D else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + D * h * v
+    per_row = sum((0 if ids and i == 0 else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + h * v
     return _blocks(T * n * per_row, n, ncpu)
 
 
@@ -162,13 +167,10 @@ def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, sc
 
     A block takes every B-th sequence in the order of decreasing length, so the
     blocks hold about equal work whatever the lengths, and runs only up to its
-    longest sequence. A bidirectional step is never split: its two directions
-    already use two cores (:func:`directions`) over the whole batch, where a
-    split gives each core both directions over part of it, and the per-step
-    products are latency-bound: half the rows take nearly as long.
+    longest sequence (a bidirectional step is not split: :func:`deep_blocks`).
     """
     T, n = targets.shape
-    B = 1 if D == 2 else deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
+    B = deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
     if B == 1:
         return directions(kernel, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only)
     order = np.argsort(-lengths, kind="stable")
