@@ -128,8 +128,9 @@ def _exp_f64(z):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    k_hi = np.int32(k) >> 1
-    return p * _pow2(k_hi, 64) * _pow2(np.int32(k) - k_hi, 64)
+    k_int = np.int32(k)
+    k_hi = k_int >> 1
+    return p * _pow2(k_hi, 64) * _pow2(k_int - k_hi, 64)
 
 
 @njit(inline="always", **NUMBA_FLAGS)
@@ -147,8 +148,9 @@ def _exp_f32(z):
     p = p * r + _f32(0.5)
     p = p * r + _f32(1.0)
     p = p * r + _f32(1.0)
-    k_hi = np.int32(k) >> 1
-    return p * _pow2(k_hi, 32) * _pow2(np.int32(k) - k_hi, 32)
+    k_int = np.int32(k)
+    k_hi = k_int >> 1
+    return p * _pow2(k_hi, 32) * _pow2(k_int - k_hi, 32)
 
 
 @njit(inline="always", **NUMBA_FLAGS)
