@@ -4,7 +4,7 @@ Each mutant changes one transpose flag or one branch condition in
 src/fastrnn/backends/numba_kernels.py or csrc/ (one exact text, which must
 occur exactly once). For each mutant this script
 
-1. copies the repository (src/, csrc/, tests/, pyproject.toml) into a temporary
+1. copies the repository (src/, csrc/, tests/, pyproject.toml, README.md) into a temporary
    folder and applies the mutant there (the checkout is never touched);
 2. builds the C extension in that copy when a csrc/ file changed (otherwise it
    reuses the unmutated build);
@@ -47,6 +47,7 @@ CMAIN = "csrc/fastrnn.c"
 NPACK = "src/fastrnn/backends/numba_packed.py"
 CPACK = "csrc/packed.inc"
 CFFIPACK = "src/fastrnn/backends/cffi_packed.py"
+TILES = "csrc/tiles.h"
 PACKED = "src/fastrnn/backends/_packed.py"
 DEFAULT_TESTS = ["tests/test_branches.py", "tests/test_float32_sums.py", "tests/test_backends.py"]
 
@@ -62,8 +63,10 @@ class Mutant:
 
 MUTANTS = [
     # ---- Numba: the contiguous-Wᵀ cutoff and the two sides of it
-    Mutant("nb-wt-cutoff-le", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h <= COPY_WT_BELOW:"),
-    Mutant("nb-wt-cutoff-flip", NUMBA, "if n * h * h < COPY_WT_BELOW:", "if n * h * h >= COPY_WT_BELOW:"),
+    Mutant("nb-wt-cutoff-le", NUMBA, "if n * h * h < COPY_WT_BELOW or", "if n * h * h <= COPY_WT_BELOW or"),
+    Mutant("nb-wt-cutoff-flip", NUMBA, "if n * h * h < COPY_WT_BELOW or", "if n * h * h >= COPY_WT_BELOW or"),
+    Mutant("nb-wt-tiles-ignored", NUMBA, "COPY_WT_BELOW or tiles_apply(max(fewest, 2), h, W.itemsize):",
+           "COPY_WT_BELOW:"),
     Mutant("nb-wt-copy-untransposed", NUMBA, "return np.ascontiguousarray(W.T)", "return np.ascontiguousarray(W)"),
     Mutant("nb-wt-view-untransposed", NUMBA, "np.dot(Gt, W.T, carry)", "np.dot(Gt, W, carry)"),
     Mutant("nb-wt-size-flip", NUMBA, "if WTc.size:  # dA_t", "if not WTc.size:  # dA_t"),
@@ -104,16 +107,16 @@ MUTANTS = [
     Mutant("nb-max-partial-t3", NUMBA, "top = max(max(t0, t1), max(t2, t3))", "top = max(max(t0, t1), t2)"),
     Mutant("nb-max-partial-cmp", NUMBA, "t2 = row[k + 2] if row[k + 2] > t2 else t2", "t2 = row[k + 2] if row[k + 2] < t2 else t2"),
     # ---- C: the contiguous-Wᵀ cutoff and the two sides of it
-    Mutant("c-wt-cutoff-le", CMAIN, "return n * h * h < copy_wt_below;", "return n * h * h <= copy_wt_below;"),
-    Mutant("c-wt-cutoff-flip", CMAIN, "return n * h * h < copy_wt_below;", "return n * h * h >= copy_wt_below;"),
+    Mutant("c-wt-cutoff-le", CMAIN, "return n * h * h < copy_wt_below ||", "return n * h * h <= copy_wt_below ||"),
+    Mutant("c-wt-cutoff-flip", CMAIN, "return n * h * h < copy_wt_below ||", "return n * h * h >= copy_wt_below ||"),
     Mutant("c-wt-copy-untransposed", KERNELS, "WT[(int64_t)j * h + i] = W[(int64_t)i * h + j]",
            "WT[(int64_t)i * h + j] = W[(int64_t)i * h + j]"),
     Mutant("c-wt-flag-view-T-to-N", KERNELS, "const char tb = WT ? 'N' : 'T';", "const char tb = WT ? 'N' : 'N';"),
     Mutant("c-wt-flag-copy-N-to-T", KERNELS, "const char tb = WT ? 'N' : 'T';", "const char tb = WT ? 'T' : 'T';"),
     Mutant("c-wt-buffer-flip", KERNELS, "const REAL *B = WT ? WT : W;", "const REAL *B = WT ? W : WT;"),
     # ---- C: other transpose flags
-    Mutant("c-forward-W-flag", KERNELS, "FN(gemm)('N', 'N', n, h, h, Hs + t * nh, h, W, h, 0, At, h);",
-           "FN(gemm)('N', 'T', n, h, h, Hs + t * nh, h, W, h, 0, At, h);"),
+    Mutant("c-forward-W-flag", KERNELS, "FN(step)(n, h, Hs + t * nh, W, 'N', At);",
+           "FN(step)(n, h, Hs + t * nh, W, 'T', At);"),
     Mutant("c-XU-flag", KERNELS, "FN(gemm)('N', 'N', T * n, h, d, X, d, U, h, 0, XU, h);",
            "FN(gemm)('N', 'T', T * n, h, d, X, d, U, h, 0, XU, h);"),
     Mutant("c-dW-flag", KERNELS, "FN(gemm)('T', 'N', h, h, Tn, Hs, h, G, h, 0, dW, h);",
@@ -145,8 +148,7 @@ MUTANTS = [
     Mutant("nbp-rev-h0-end", NPACK, "            Hs[N:] = h0s", "            Hs[N:] = 0"),
     Mutant("nbp-rev-continuing-rows", NPACK, "k = bs[t + 1] if t + 1 < T else 0", "k = bs[t] if t + 1 < T else 0"),
     Mutant("nbp-fwd-first-step", NPACK, "k = m if t > 0 else 0", "k = m if t > 1 else 0"),
-    Mutant("nbp-wt-view-untransposed", NPACK, "_steps_back(G, H, W.T, carry, db, bs, off, reverse, relu)",
-           "_steps_back(G, H, W, carry, db, bs, off, reverse, relu)"),
+    Mutant("nbp-wt-view-untransposed", NPACK, "np.dot(G[o : o + m], W.T, carry[:m])", "np.dot(G[o : o + m], W, carry[:m])"),
     Mutant("nbp-backward-order", NPACK, "t = s if reverse else T - 1 - s", "t = T - 1 - s if reverse else s"),
     Mutant("nbp-relu-kink", NPACK, "if Ht[i, j] > zero else zero", "if Ht[i, j] >= zero else zero"),
     Mutant("nbp-ignored-rows", NPACK, "        if y[r] < 0:\n", "        if y[r] < -1:\n"),
@@ -159,6 +161,35 @@ MUTANTS = [
     Mutant("cp-backward-order", CPACK, "const int t = reverse ? s : T - 1 - s;", "const int t = reverse ? T - 1 - s : s;"),
     Mutant("cp-relu-kink", CPACK, "g[k] = y[k] > 0 ? g[k] + carry[k] : 0;", "g[k] = y[k] >= 0 ? g[k] + carry[k] : 0;"),
     Mutant("cp-head-second-direction", CPACK, "    if (H2) {\n        FN(gemm)('T'", "    if (!H2) {\n        FN(gemm)('T'"),
+    # ---- the per-step product's register tiles (run with --tests tests/test_branches.py)
+    Mutant("nb-tiles-rows-lt", NUMBA, "return 2 <= m <= TILE_ROWS and", "return 2 <= m < TILE_ROWS and"),
+    Mutant("nb-tiles-one-row", NUMBA, "return 2 <= m <= TILE_ROWS and", "return 1 <= m <= TILE_ROWS and"),
+    Mutant("nb-tiles-bytes-lt", NUMBA, "h * h * itemsize <= TILE_BYTES", "h * h * itemsize < TILE_BYTES"),
+    Mutant("nb-step-dot-flip", NUMBA, "    if tiles_apply(A.shape[0], B.shape[1], A.itemsize):\n        tiles_dot",
+           "    if not tiles_apply(A.shape[0], B.shape[1], A.itemsize):\n        tiles_dot"),
+    Mutant("nb-tile-rows-of-4", NUMBA, "    while i + 4 <= m:\n        _tile(A, i, B, j0, C, 4, cols)",
+           "    while i + 4 < m:\n        _tile(A, i, B, j0, C, 4, cols)"),
+    Mutant("nb-tile-rest-1", NUMBA, "    if r == 1:\n        _tile(A, i, B, j0, C, 1, cols)",
+           "    if r == 5:\n        _tile(A, i, B, j0, C, 1, cols)"),
+    Mutant("nb-tile-rest-2", NUMBA, "    elif r == 2:\n        _tile(A, i, B, j0, C, 2, cols)",
+           "    elif r == 2:\n        _tile(A, i, B, j0, C, 1, cols)"),
+    Mutant("nb-tile-rest-3", NUMBA, "    elif r == 3:\n        _tile(A, i, B, j0, C, 3, cols)",
+           "    elif r == 3:\n        _tile(A, i, B, j0, C, 2, cols)"),
+    Mutant("nb-tile-mask", NUMBA, 'builder.icmp_signed("<", ir.Constant(iv, [p * lanes + q', 'builder.icmp_signed("<=", ir.Constant(iv, [p * lanes + q'),
+    Mutant("nb-tile-whole-panels", NUMBA, "    if whole < h:\n        _tile_rows", "    if whole < h - 1:\n        _tile_rows"),
+    Mutant("c-tiles-rows-lt", TILES, "m <= FASTRNN_TILE_ROWS &&", "m < FASTRNN_TILE_ROWS &&"),
+    Mutant("c-tiles-bytes-lt", TILES, "h * h * itemsize <= FASTRNN_TILE_BYTES", "h * h * itemsize < FASTRNN_TILE_BYTES"),
+    Mutant("c-tiles-rest-3", TILES, "case 3: TILE(3,", "case 3: TILE(2,"),
+    Mutant("c-tiles-rest-1", TILES, "case 1: TILE(1,", "case 4: TILE(1,"),
+    Mutant("c-tiles-rows-of-4", TILES, "for (; i + 4 <= M; i += 4)", "for (; i + 4 < M; i += 4)"),
+    Mutant("c-tiles-mask-f32", TILES, "_mm256_cmpgt_epi32(_mm256_set1_epi32(cols), lane)",
+           "_mm256_cmpgt_epi32(_mm256_set1_epi32(cols + 1), lane)"),
+    Mutant("c-tiles-mask-f64", TILES, "_mm256_cmpgt_epi64(_mm256_set1_epi64x(cols - 4), lane)",
+           "_mm256_cmpgt_epi64(_mm256_set1_epi64x(cols - 3), lane)"),
+    Mutant("c-tiles-wt-ignored", CMAIN, "copy_wt_below || fastrnn_tiles(fewest < 2 ? 2 : fewest, h, itemsize);",
+           "copy_wt_below;"),
+    Mutant("cp-tiles-fewest", CPACK, "fastrnn_copy_wt(n, bs[T - 1], h,", "fastrnn_copy_wt(n, n, h,",
+           equivalent="a step of few rows then multiplies by Wᵀ through the BLAS: the same numbers within rounding"),
     # ---- the C wrapper's 32-bit size check
     Mutant("c-size-check-ge", CFFI, "> _INT_MAX:", ">= _INT_MAX:"),
 ]
@@ -168,7 +199,8 @@ def _copy_tree(dest: Path):
     for name in ("src", "csrc", "tests"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns(
             "__pycache__", "*.so", "*.nbi", "*.nbc", ".pytest_cache", "build"))
-    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):  # tests/test_lengths.py runs the README's example
+        shutil.copy2(ROOT / name, dest / name)
 
 
 def _build_c(tree: Path):

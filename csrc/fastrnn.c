@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fastrnn.h"
+#include "tiles.h"
 #include "vmath.h"
 
 /* The loops over tanh, exp and tanh' are compiled twice where GCC can pick at
@@ -36,9 +37,9 @@ static dgemm_fn dgemm_ptr = NULL;
 static sgemv_fn sgemv_ptr = NULL;
 static dgemv_fn dgemv_ptr = NULL;
 
-int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below)
+int fastrnn_copy_wt(int64_t n, int64_t fewest, int64_t h, int64_t itemsize, int64_t copy_wt_below)
 {
-    return n * h * h < copy_wt_below;
+    return n * h * h < copy_wt_below || fastrnn_tiles(fewest < 2 ? 2 : fewest, h, itemsize);
 }
 
 /* The type of the accumulators for sums over all T·n rows (see kernels.inc). */
@@ -51,6 +52,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv)
     dgemm_ptr = (dgemm_fn)dgemm;
     sgemv_ptr = (sgemv_fn)sgemv;  /* NULL: one-row products go to gemm too */
     dgemv_ptr = (dgemv_fn)dgemv;
+    tiles_detect();
     return FASTRNN_OK;
 }
 
@@ -58,6 +60,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv)
 #define FN(name) name##_f32
 #define GEMM sgemm_ptr
 #define GEMV sgemv_ptr
+#define TILES tiles_f32
 #define TANH vtanh_f32
 #define EXP vexp_f32   /* of arguments <= 0 only */
 #define LOG logf
@@ -67,6 +70,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv)
 #undef FN
 #undef GEMM
 #undef GEMV
+#undef TILES
 #undef TANH
 #undef EXP
 #undef LOG
@@ -75,6 +79,7 @@ int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv)
 #define FN(name) name##_f64
 #define GEMM dgemm_ptr
 #define GEMV dgemv_ptr
+#define TILES tiles_f64
 #define TANH vtanh_f64
 #define EXP vexp_f64
 #define LOG log

@@ -8,7 +8,8 @@
  * the kernels malloc only small scratch (a copy of Wᵀ, double accumulators for
  * the sums over all rows) and free it before they return.
  * copy_wt_below: the backward recurrence multiplies by a contiguous copy of Wᵀ
- * while n·h·h is below it, else by W transposed (fastrnn._config.COPY_WT_BELOW).
+ * while n·h·h is below it or the tiles may run (fastrnn_copy_wt), else by W
+ * transposed (fastrnn._config.COPY_WT_BELOW).
  * The caller hands in the matrix products: fastrnn_set_blas() takes the Fortran
  * sgemm and dgemm that numpy/scipy already ship, before any kernel runs, and
  * their sgemv and dgemv (or NULL) for products of one row.
@@ -26,9 +27,24 @@
 
 int fastrnn_set_blas(void *sgemm, void *dgemm, void *sgemv, void *dgemv);
 
-/* 1 where the backward recurrence multiplies by a contiguous copy of Wᵀ for n rows
- * (n·h·h < copy_wt_below), 0 where it uses W transposed. */
-int fastrnn_copy_wt(int64_t n, int64_t h, int64_t copy_wt_below);
+/* A per-step product of m rows by an h×h matrix runs in register tiles (csrc/tiles.h),
+ * not the BLAS, when 2 <= m <= FASTRNN_TILE_ROWS, h·h·itemsize <= FASTRNN_TILE_BYTES
+ * and the CPU has AVX2 and FMA (fastrnn._config.TILE_ROWS, TILE_BYTES: the same values).
+ * fastrnn_tiles says whether it does (after fastrnn_set_blas). */
+#define FASTRNN_TILE_ROWS 32
+#define FASTRNN_TILE_BYTES 262144
+int fastrnn_tiles(int64_t m, int64_t h, int64_t itemsize);
+
+/* 1 where the backward recurrence over at most n and at least ``fewest`` rows a step
+ * multiplies by a contiguous copy of Wᵀ: n·h·h < copy_wt_below, or the tiles (which
+ * need it) may take a step of ``fewest`` rows; 0 where it uses W transposed. */
+int fastrnn_copy_wt(int64_t n, int64_t fewest, int64_t h, int64_t itemsize, int64_t copy_wt_below);
+
+/* C (m, h) = A (m, h) B (h, h), as the kernels compute one step's product (tiles or
+ * BLAS), for tests and measurements. */
+int step_product_f32(float *C, const float *A, const float *B, int m, int h);
+int step_product_f64(double *C, const double *A, const double *B, int m, int h);
+
 
 /* Hs (T+1, n, h): in Hs[0] = h0, out Hs[t] = H_t;  XU (T, n, h): scratch, out X_t U. */
 int rnn_forward_f32(float *Hs, float *XU, const float *U, const float *W, const float *b,

@@ -12,14 +12,19 @@ The branches:
   each, at most T (one chunk, several unequal chunks, one step per chunk);
 * the softmax row's max over four interleaved partials (v below 4, a multiple
   of 4, and a remainder);
-* the C backend's 32-bit size check.
+* the C backend's 32-bit size check;
+* the per-step product's register tiles (numba_kernels.tiles_dot, csrc/tiles.h):
+  taken for 2 <= m <= TILE_ROWS rows and h·h·itemsize <= TILE_BYTES, else the
+  BLAS; inside, rows in groups of 4 and a remainder of 1, 2 or 3, columns in
+  whole tiles (16 float32, 8 float64) and a masked last tile; Wᵀ copied
+  wherever the tiles may run.
 """
 
 import numpy as np
 import pytest
 
 from cases import rel_err
-from fastrnn._config import COPY_WT_BELOW
+from fastrnn._config import COPY_WT_BELOW, TILE_BYTES, TILE_ROWS
 from fastrnn.backends import resolve
 
 GRADS = ("dU", "dW", "dV", "db", "dc", "dh0", "dX", "dA", "h_last")
@@ -79,16 +84,16 @@ def test_cutoff_shapes_straddle_it():
 def test_numba_copies_wt_below_the_cutoff_only():
     nk = pytest.importorskip("fastrnn.backends.numba_kernels")
     W = np.arange(H_CUT * H_CUT, dtype=np.float64).reshape(H_CUT, H_CUT)
-    np.testing.assert_array_equal(nk._transposed_W(W, WT_SIDES["copy"]), W.T)
-    assert nk._transposed_W(W, WT_SIDES["view"]).size == 0
+    np.testing.assert_array_equal(nk._transposed_W(W, WT_SIDES["copy"], WT_SIDES["copy"]), W.T)
+    assert nk._transposed_W(W, WT_SIDES["view"], WT_SIDES["view"]).size == 0
 
 
 def test_c_copies_wt_below_the_cutoff_only():
     pytest.importorskip("fastrnn.backends.cffi_kernels")
     from fastrnn._fastrnn_c import lib
 
-    assert lib.fastrnn_copy_wt(WT_SIDES["copy"], H_CUT, COPY_WT_BELOW) == 1
-    assert lib.fastrnn_copy_wt(WT_SIDES["view"], H_CUT, COPY_WT_BELOW) == 0
+    for n, want in ((WT_SIDES["copy"], 1), (WT_SIDES["view"], 0)):
+        assert lib.fastrnn_copy_wt(n, n, H_CUT, 8, COPY_WT_BELOW) == want
 
 
 @pytest.mark.parametrize("params_only", [False, True], ids=["full", "params_only"])
@@ -167,3 +172,162 @@ def test_c_refuses_sizes_over_32_bits():
         c_backend.forward(U, U, np.zeros(1), ids, np.zeros((2**15, 1)))
     ids = np.broadcast_to(np.zeros((), np.int64), (2**31 - 1, 1))  # exactly the largest int
     assert c_backend._sizes(ids, U) == (2**31 - 1, 1, 1, 1)
+
+
+# ---- the per-step product's register tiles
+
+TILE_ROWS_CASES = (1, 2, 3, 4, 5, 6, 7, 8, 9, TILE_ROWS - 1, TILE_ROWS, TILE_ROWS + 1)
+TILE_COLS_CASES = (1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 31, 33, 100)
+DTYPES = (np.float32, np.float64)
+
+
+def _tile_case(m, h, dtype, seed=0):
+    rng = np.random.default_rng(seed + 1000 * m + h)
+    return rng.standard_normal((m, h)).astype(dtype), rng.standard_normal((h, h)).astype(dtype)
+
+
+def _product_into_fenced(fn, A, B):
+    """fn(A, B, C) into C (m, h) inside a NaN-filled buffer with a fence after it: returns
+    C, and asserts fn wrote every element of C and nothing past it."""
+    m, h = A.shape
+    buf = np.full(m * h + 64, np.nan, A.dtype)
+    buf[m * h :] = 12345.0
+    C = buf[: m * h].reshape(m, h)
+    fn(A, B, C)
+    assert np.all(buf[m * h :] == 12345.0), "wrote past the end"
+    assert not np.isnan(C).any(), "left elements unwritten"
+    return C
+
+
+def _within_rounding(C, A, B):
+    """|C − AB| <= (h + 1)·eps·(|A||B|) elementwise: what any order of the h products and
+    sums (fused or not) guarantees; a wrong column, row or mask misses it by far."""
+    exact = A.astype(np.longdouble) @ B.astype(np.longdouble)
+    bound = (A.shape[1] + 1) * np.finfo(A.dtype).eps * (np.abs(A).astype(np.longdouble) @ np.abs(B))
+    bad = np.abs(C - exact) > bound
+    return not bad.any(), np.argwhere(bad)[:3]
+
+
+def _step_product(name):
+    if name == "numba":
+        return pytest.importorskip("fastrnn.backends.numba_kernels").step_product
+    return resolve(name).step_product
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiles_every_row_and_column_remainder(dtype):
+    """The Numba tiles on their own, at every size (the C ones: below, bit for bit)."""
+    nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+    for m in TILE_ROWS_CASES:
+        for h in TILE_COLS_CASES:
+            A, B = _tile_case(m, h, dtype)
+            ok, where = _within_rounding(_product_into_fenced(nk.tiles_dot, A, B), A, B)
+            assert ok, (m, h, where)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_product_on_both_sides_of_the_limits(fast_backend, dtype):
+    """One step's product as the kernels compute it (tiles or BLAS by size)."""
+    step = _step_product(fast_backend)
+    h_limit = int(np.sqrt(TILE_BYTES // np.dtype(dtype).itemsize))
+    sizes = [(m, h) for m in TILE_ROWS_CASES for h in TILE_COLS_CASES]
+    sizes += [(m, h) for m in (2, 5, TILE_ROWS) for h in (h_limit, h_limit + 1)]
+    for m, h in sizes:
+        A, B = _tile_case(m, h, dtype)
+        ok, where = _within_rounding(_product_into_fenced(step, A, B), A, B)
+        assert ok, (m, h, where)
+
+
+def _tiles_decisions(apply, itemsize):
+    h_limit = int(np.sqrt(TILE_BYTES // itemsize))
+    assert h_limit * h_limit * itemsize <= TILE_BYTES < (h_limit + 1) ** 2 * itemsize
+    return {(m, h): apply(m, h, itemsize) for m in (1, 2, TILE_ROWS, TILE_ROWS + 1) for h in (16, h_limit, h_limit + 1)}
+
+
+def _tiles_expected(itemsize):
+    h_limit = int(np.sqrt(TILE_BYTES // itemsize))
+    return {(m, h): 2 <= m <= TILE_ROWS and h <= h_limit
+            for m in (1, 2, TILE_ROWS, TILE_ROWS + 1) for h in (16, h_limit, h_limit + 1)}
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_numba_takes_the_tiles_inside_the_limits_only(itemsize):
+    nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+    assert _tiles_decisions(nk.tiles_apply, itemsize) == _tiles_expected(itemsize)
+
+
+def _c_has_tiles():
+    """The C tiles run where the CPU has AVX2 and FMA (x86-64, read from /proc/cpuinfo)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_c_takes_the_tiles_inside_the_limits_only(itemsize):
+    pytest.importorskip("fastrnn.backends.cffi_kernels")
+    from fastrnn._fastrnn_c import lib
+
+    assert (lib.FASTRNN_TILE_ROWS, lib.FASTRNN_TILE_BYTES) == (TILE_ROWS, TILE_BYTES)
+    want = _tiles_expected(itemsize)
+    if not _c_has_tiles():  # no AVX2 + FMA: every product goes to the BLAS
+        want = {k: False for k in want}
+    assert {k: bool(v) for k, v in _tiles_decisions(lib.fastrnn_tiles, itemsize).items()} == want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiles_give_the_same_bits_in_both_backends(dtype):
+    """Each element is one fused multiply-add chain over k in order, in both backends'
+    tiles; and the kernels' step product is the tiles' wherever they apply."""
+    nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+    c_step = resolve("c").step_product if _c_has_tiles() else None
+    if c_step is None:
+        pytest.importorskip("fastrnn.backends.cffi_kernels")
+    for m in TILE_ROWS_CASES:
+        for h in TILE_COLS_CASES:
+            A, B = _tile_case(m, h, dtype)
+            tiles = _product_into_fenced(nk.tiles_dot, A, B)
+            if nk.tiles_apply(m, h, A.itemsize):
+                np.testing.assert_array_equal(_product_into_fenced(nk.step_product, A, B), tiles, err_msg=f"{m} {h}")
+                if c_step is not None:
+                    np.testing.assert_array_equal(_product_into_fenced(c_step, A, B), tiles, err_msg=f"{m} {h}")
+
+
+def test_wt_is_copied_wherever_the_tiles_may_run():
+    """n·h·h at the cutoff (no copy for its sake), yet a step of ``fewest`` rows in the
+    tiles needs Wᵀ contiguous."""
+    h = 128
+    n = COPY_WT_BELOW // (h * h)
+    assert n * h * h >= COPY_WT_BELOW and h * h * 4 <= TILE_BYTES
+    cases = {1: True, 2: True, TILE_ROWS: True, TILE_ROWS + 1: False}
+    nk = pytest.importorskip("fastrnn.backends.numba_kernels")
+    W = np.arange(h * h, dtype=np.float32).reshape(h, h)
+    for fewest, copy in cases.items():
+        WT = nk._transposed_W(W, n, fewest)
+        if copy:
+            np.testing.assert_array_equal(WT, W.T)
+        else:
+            assert WT.size == 0, fewest
+    pytest.importorskip("fastrnn.backends.cffi_kernels")
+    from fastrnn._fastrnn_c import lib
+
+    for fewest, copy in cases.items():
+        assert lib.fastrnn_copy_wt(n, fewest, h, 4, COPY_WT_BELOW) == int(copy and _c_has_tiles()), fewest
+
+
+# n on both sides of each limit of the tiles' rows; h with whole and masked tiles, and on
+# both sides of TILE_BYTES in float64 (181² · 8 <= 2^18 < 182² · 8).
+TILE_STEPS = [(3, n, 3, h, 5) for n in (1, 2, 3, 5, TILE_ROWS, TILE_ROWS + 1) for h in (8, 17)]
+TILE_STEPS += [(2, 3, 2, 181, 3), (2, 3, 2, 182, 3)]
+
+
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("shape", TILE_STEPS, ids=lambda s: "T{}n{}d{}h{}v{}".format(*s))
+def test_tiles_in_a_training_step(fast_backend, shape, ids):
+    _check_loss_and_grads(fast_backend, shape, ids, params_only=False)

@@ -50,6 +50,9 @@ AGREEMENT_CASES = GRADCHECK_CASES + [
     GCase(3, 1, 3, 4, 5, L=1, D=2, lengths=(1,)),  # one row: whole
     GCase(3, 2, 3, 4, 5, L=1, D=2, lengths=(1, 1), ignore=1),  # two rows: a row each
     GCase(3, 3, 3, 4, 5, L=2, D=2, lengths=(3, 1, 1)),  # five rows: halves of 2 and 3
+    # steps of 35, 33, 32, 31, 6, 5, 3, 2, 1 running rows: the per-step product on both
+    # sides of the tiles' limits (2 <= m <= 32), both directions, a masked tile (h = 17)
+    GCase(9, 35, 3, 17, 5, L=1, D=2, lengths=(4, 5, 4, 4, 4, 4, 3, 4, 4, 8, 6, 9, 1, 4, 4, 6, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 2, 7, 4, 4, 4, 4, 4, 4, 4)),
 ]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 

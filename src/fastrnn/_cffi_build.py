@@ -35,7 +35,7 @@ ffibuilder.set_source(
     '#include "fastrnn.h"',
     sources=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.c", "xla_ffi.c")],
     include_dirs=[os.path.relpath(CSRC, ROOT)],
-    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "packed.inc", "vmath.h", "xla_ffi_api.h")],
+    depends=[os.path.relpath(CSRC / name, ROOT) for name in ("fastrnn.h", "kernels.inc", "packed.inc", "tiles.h", "vmath.h", "xla_ffi_api.h")],
     # Portable and exact: no -march=native, no -ffast-math, no FMA contraction.
     # -fno-trapping-math changes no result: it lets GCC compute both sides of a
     # select (as vmath.h asks) even though one side might raise an FP flag

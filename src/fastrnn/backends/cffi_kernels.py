@@ -187,6 +187,16 @@ def exp_array(z, out):
     _ELEMENTWISE[z.dtype][1](a.p(out), a.p(z), z.size)
 
 
+_STEP = {np.dtype(np.float32): lib.step_product_f32, np.dtype(np.float64): lib.step_product_f64}
+
+
+def step_product(A, B, C):
+    """C = A B as the kernels compute one step's product (register tiles or BLAS);
+    A (m, h), B (h, h), C (m, h), C-contiguous, one dtype (for tests and measurements)."""
+    a = _Args(A.dtype)
+    _call(_STEP[A.dtype], a.p(C), a.p(A), a.p(B), A.shape[0], A.shape[1])
+
+
 # --------------------------------------------------------------------------
 # The general model (lengths, relu, stacked layers, two directions): its kernels
 # run on packed sequences (csrc/packed.inc) and are wrapped in cffi_packed.py, which

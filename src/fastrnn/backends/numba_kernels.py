@@ -38,7 +38,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .._config import COPY_WT_BELOW, NUMBA_FLAGS
+from numba.core import cgutils
+
+from .._config import COPY_WT_BELOW, NUMBA_FLAGS, TILE_BYTES, TILE_ROWS
 
 # --------------------------------------------------------------------------
 # Elementwise math that vectorises.
@@ -222,6 +224,144 @@ def exp_array(z, out):
 
 
 # --------------------------------------------------------------------------
+# The per-step product of few rows, C = A B (A: m×k, B: k×h, all C-contiguous),
+# in register tiles (see _config.TILE_ROWS for when, and why not the BLAS).
+# A tile is R <= 4 rows by two SIMD vectors of columns (16 float32, 8 float64):
+# for each k, R broadcasts of A[i, k] times two vector loads of B's row k, into
+# 2R vector accumulators held in registers; the last tile of a row masks its
+# columns. LLVM has no way to be told this from Python loops (the accumulators
+# of a loop-written tile went through memory, at half the speed), so the tile
+# is written in LLVM IR below. Each C[i, j] is one fused multiply-add chain
+# over k in order, the same whichever tile, mask or row block computes it.
+# --------------------------------------------------------------------------
+
+
+@intrinsic
+def _tile(typingctx, A, i0, B, j0, C, R, cols):
+    """C[i0:i0+R, j0:j0+2L] = A[i0:i0+R] @ B[:, j0:j0+2L] for a literal R, L lanes
+    of a 256-bit vector; only the first ``cols`` of the 2L columns when ``cols``
+    is not a literal (the row's last, partial tile)."""
+    if not (isinstance(R, types.IntegerLiteral) and isinstance(A, types.Array)
+            and A.dtype in (types.float32, types.float64) and B.dtype == A.dtype == C.dtype):
+        return None
+    rows = R.literal_value
+    masked = not isinstance(cols, types.IntegerLiteral)
+    lanes = 8 if A.dtype == types.float32 else 4
+    size = 32 // lanes
+    name = f"v{lanes}{'f32' if lanes == 8 else 'f64'}"
+
+    def codegen(context, builder, sig, args):
+        a, i0v, b, j0v, c, _, colsv = args
+        ft = context.get_value_type(sig.args[0].dtype)
+        vt = ir.VectorType(ft, lanes)
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        byte = ir.IntType(8).as_pointer()
+
+        def base_and_stride(ty, value):
+            arr = context.make_array(ty)(context, builder, value)
+            return builder.bitcast(arr.data, byte), builder.load(cgutils.gep(builder, arr._get_ptr_by_name("strides"), 0, 0))
+
+        (pa, lda), (pb, ldb), (pc, ldc) = (base_and_stride(sig.args[k], args[k]) for k in (0, 2, 4))
+        at = lambda p, offset, ty: builder.bitcast(builder.gep(p, [offset]), ty.as_pointer())  # noqa: E731
+        const = lambda v: ir.Constant(intp, v)  # noqa: E731
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), f"llvm.fma.{name}")
+        if masked:
+            mt = ir.VectorType(ir.IntType(1), lanes)
+            iv = ir.VectorType(i32, lanes)
+            n = builder.trunc(colsv, i32)
+            n = builder.shuffle_vector(builder.insert_element(ir.Constant(iv, ir.Undefined), n, ir.Constant(i32, 0)),
+                                       ir.Constant(iv, ir.Undefined), ir.Constant(iv, [0] * lanes))
+            masks = [builder.icmp_signed("<", ir.Constant(iv, [p * lanes + q for q in range(lanes)]), n) for p in (0, 1)]
+            load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]),
+                                                  f"llvm.masked.load.{name}.p0{name}")
+            store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]),
+                                                   f"llvm.masked.store.{name}.p0{name}")
+        zero = ir.Constant(vt, [0.0] * lanes)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in (0, 1)] for _ in range(rows)]
+        col = builder.mul(j0v, const(size))
+        row_a = [builder.mul(builder.add(i0v, const(r)), lda) for r in range(rows)]
+        broadcast = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        k_count = builder.load(cgutils.gep(builder, context.make_array(sig.args[0])(context, builder, a)._get_ptr_by_name("shape"), 0, 1))
+        with cgutils.for_range(builder, k_count) as loop:
+            k = loop.index
+            row_b = builder.add(builder.mul(k, ldb), col)
+            w = []
+            for p in (0, 1):
+                ptr = at(pb, builder.add(row_b, const(p * 32)), vt)
+                w.append(builder.call(load, [ptr, ir.Constant(i32, size), masks[p], zero]) if masked
+                         else builder.load(ptr, align=size))
+            for r in range(rows):
+                x = builder.load(at(pa, builder.add(row_a[r], builder.mul(k, const(size))), ft))
+                x = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0)),
+                                           ir.Constant(vt, ir.Undefined), broadcast)
+                for p in (0, 1):
+                    builder.store(builder.call(fma, [x, w[p], builder.load(acc[r][p])]), acc[r][p])
+        for r in range(rows):
+            row_c = builder.add(builder.mul(builder.add(i0v, const(r)), ldc), col)
+            for p in (0, 1):
+                ptr = at(pc, builder.add(row_c, const(p * 32)), vt)
+                if masked:
+                    builder.call(store, [builder.load(acc[r][p]), ptr, ir.Constant(i32, size), masks[p]])
+                else:
+                    builder.store(builder.load(acc[r][p]), ptr, align=size)
+        return context.get_dummy_value()
+
+    return types.none(A, i0, B, j0, C, R, cols), codegen
+
+
+@njit(inline="always", **NUMBA_FLAGS)
+def _tile_rows(A, B, j0, C, cols):
+    """Every row of A through the tiles at columns j0 (``cols`` of them: a literal 0
+    for a whole tile)."""
+    m = A.shape[0]
+    i = 0
+    while i + 4 <= m:
+        _tile(A, i, B, j0, C, 4, cols)
+        i += 4
+    r = m - i
+    if r == 1:
+        _tile(A, i, B, j0, C, 1, cols)
+    elif r == 2:
+        _tile(A, i, B, j0, C, 2, cols)
+    elif r == 3:
+        _tile(A, i, B, j0, C, 3, cols)
+
+
+@njit(**NUMBA_FLAGS)
+def tiles_dot(A, B, C):
+    """C = A B in register tiles (A: m×k, B: k×h, C: m×h, all C-contiguous)."""
+    h = B.shape[1]
+    width = 64 // A.itemsize  # the columns of one tile: two 256-bit vectors
+    whole = h - h % width
+    for j0 in range(0, whole, width):  # column panels outside: a panel of B stays in L1 over all rows
+        _tile_rows(A, B, j0, C, 0)
+    if whole < h:
+        _tile_rows(A, B, whole, C, h - whole)
+
+
+@njit(inline="always", **NUMBA_FLAGS)
+def tiles_apply(m, h, itemsize):
+    """Whether a per-step product of m rows by an h×h matrix runs in the tiles."""
+    return 2 <= m <= TILE_ROWS and h * h * itemsize <= TILE_BYTES
+
+
+@njit(inline="always", **NUMBA_FLAGS)
+def step_dot(A, B, C):
+    """C = A B for one step of the recurrence (B h×h and C-contiguous)."""
+    if tiles_apply(A.shape[0], B.shape[1], A.itemsize):
+        tiles_dot(A, B, C)
+    else:
+        np.dot(A, B, C)
+
+
+@njit(**NUMBA_FLAGS)
+def step_product(A, B, C):
+    """step_dot, callable from Python (for tests and measurements)."""
+    step_dot(A, B, C)
+
+
+# --------------------------------------------------------------------------
 # Building blocks. Each writes its results into buffers it is given; a few
 # allocate small scratch of their own (one (n, h) product, a copy of Wᵀ).
 # --------------------------------------------------------------------------
@@ -262,7 +402,7 @@ def _recurrence_forward(Hs, W, b):
     n, h = Hs.shape[1], Hs.shape[2]
     HW = np.empty((n, h), dtype=Hs.dtype)
     for t in range(Hs.shape[0] - 1):
-        np.dot(Hs[t], W, HW)  # H_{t-1} W
+        step_dot(Hs[t], W, HW)  # H_{t-1} W
         At = Hs[t + 1]
         for i in range(n):
             for j in range(h):
@@ -270,11 +410,12 @@ def _recurrence_forward(Hs, W, b):
 
 
 @njit(**NUMBA_FLAGS)
-def _transposed_W(W, n):
+def _transposed_W(W, n, fewest):
     """A contiguous copy of Wᵀ where that is faster for n rows (see
-    _config.COPY_WT_BELOW), else an empty stand-in."""
+    _config.COPY_WT_BELOW) or where the tiles may take a step of ``fewest`` rows
+    (they need it), else an empty stand-in."""
     h = W.shape[0]
-    if n * h * h < COPY_WT_BELOW:
+    if n * h * h < COPY_WT_BELOW or tiles_apply(max(fewest, 2), h, W.itemsize):
         return np.ascontiguousarray(W.T)
     return np.empty((0, 0), dtype=W.dtype)
 
@@ -288,7 +429,7 @@ def _recurrence_backward(G, H, W, WTc, carry, db):
     consecutive steps (all T, or a chunk); carry
     (n, h) comes in as dA Wᵀ of the step after the run (zeros after the last
     step) and leaves as dA Wᵀ of the run's first step: dh0 once the run reaches
-    t = 1. WTc is _transposed_W(W, n): the copy, or empty for the view W.T.
+    t = 1. WTc is _transposed_W(W, n, n): the copy, or empty for the view W.T.
     """
     _steps_back(G, H, W, WTc, carry, db)
 
@@ -309,7 +450,7 @@ def _steps_back(G, H, W, WTc, carry, db):
                 Gt[i, j] = a
                 db[j] += a  # db = Σ_t 1ᵀ dA_t (a float64 sum)
         if WTc.size:  # dA_t Wᵀ, for step t−1 (after step 1 it is dh0)
-            np.dot(Gt, WTc, carry)
+            step_dot(Gt, WTc, carry)
         else:
             np.dot(Gt, W.T, carry)
 
@@ -442,7 +583,7 @@ def _backward_from(G, Hs, U, W, X, ids):
     d = U.shape[0]
     dh0 = np.zeros((n, h), dtype=U.dtype)  # the carry: dA_{T+1} Wᵀ = 0, and dA_1 Wᵀ at the end
     db = np.zeros(h, dtype=_ACC)
-    _recurrence_backward(G, Hs[1:], W, _transposed_W(W, n), dh0, db)
+    _recurrence_backward(G, Hs[1:], W, _transposed_W(W, n, n), dh0, db)
     dA = G.reshape(T * n, h)
     dW = np.dot(Hs[:T].reshape(T * n, h).T, dA)  # dW = Σ_t H_{t-1}ᵀ dA_t
     if ids.size == 0:
@@ -520,7 +661,7 @@ def _params_grads(U, W, V, b, c, X, ids, targets, h0, scale):
     dU_acc = np.zeros((d, h) if ids.size else (0, 0), dtype=_ACC)  # token ids: a float64 sum
     part_hh = np.empty((h, h) if steps < T else (0, 0), dtype=U.dtype)
     part_dh = np.empty((d, h) if steps < T and ids.size == 0 else (0, 0), dtype=U.dtype)
-    WTc = _transposed_W(W, n)
+    WTc = _transposed_W(W, n, n)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - steps)

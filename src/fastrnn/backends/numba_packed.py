@@ -14,7 +14,7 @@ from numba import njit
 
 from .._config import NUMBA_FLAGS
 from . import _packed
-from .numba_kernels import _ACC, _exp_shifted, _softmax_rows, _transposed_W, vtanh
+from .numba_kernels import _ACC, _exp_shifted, _softmax_rows, _transposed_W, step_dot, vtanh
 
 
 @njit(inline="always", **NUMBA_FLAGS)
@@ -73,7 +73,7 @@ def _layer_forward(U, W, b, X, ids, h0s, bs, off, reverse, relu):
                 src = off[t - 1] if t > 0 else 0
             Hp[:k] = H[src : src + k]
             Hp[k:] = h0s[k:m]  # the rest start from h0
-        np.dot(Hp, W, HW[:m])  # S_{t∓1} W, running rows only
+        step_dot(Hp, W, HW[:m])  # S_{t∓1} W, running rows only
         _act_rows(H[o : o + m], HW, b, relu)
     return H, Hprev
 
@@ -100,25 +100,25 @@ def _dact_rows(Gt, carry, Ht, db, relu):
 
 
 @njit(**NUMBA_FLAGS)
-def _steps_back(G, H, WT, carry, db, bs, off, reverse, relu):
+def _steps_back(G, H, W, WTc, carry, db, bs, off, reverse, relu):
+    """WTc: the contiguous copy of Wᵀ, or empty for the view W.T (one compiled function serves both)."""
     T = bs.shape[0]
     for s in range(T):
         t = s if reverse else T - 1 - s  # the forward pass's steps, last first
         m = bs[t]
         o = off[t]
         _dact_rows(G[o : o + m], carry, H[o : o + m], db, relu)
-        np.dot(G[o : o + m], WT, carry[:m])  # ∂L/∂S_{t∓1} = dA_t Wᵀ; rows not running keep theirs
+        if WTc.size:  # ∂L/∂S_{t∓1} = dA_t Wᵀ; rows not running keep theirs
+            step_dot(G[o : o + m], WTc, carry[:m])
+        else:
+            np.dot(G[o : o + m], W.T, carry[:m])
 
 
 @njit(**NUMBA_FLAGS)
 def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, want_dX):
     d, h = U.shape
     db = np.zeros(h, dtype=_ACC)  # sums over all N rows accumulate in float64 (numba_kernels._ACC)
-    WTc = _transposed_W(W, bs[0])
-    if WTc.size:
-        _steps_back(G, H, WTc, carry, db, bs, off, reverse, relu)
-    else:
-        _steps_back(G, H, W.T, carry, db, bs, off, reverse, relu)
+    _steps_back(G, H, W, _transposed_W(W, bs[0], bs[bs.shape[0] - 1]), carry, db, bs, off, reverse, relu)
     dW = np.dot(Hprev.T, G)  # dW = Σ_t S_{t∓1}ᵀ dA_t
     if ids.size == 0:
         dU = np.dot(X.T, G)  # dU = Σ_t X_tᵀ dA_t
