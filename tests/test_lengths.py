@@ -249,3 +249,77 @@ def test_bidirectional_after_fork(fast_backend):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_bidirectional_loss, (fast_backend,)).get(timeout=60)
     assert got == expected
+
+
+# ---- one layer, one direction, params_only: the whole step in one kernel call (cell_step)
+
+ONE_CELL_CASES = [case for case in AGREEMENT_CASES if case.L == 1 and case.D == 1] + [
+    GCase(9, 35, 3, 17, 5, L=1, D=1, relu=True, ids=True, lengths=AGREEMENT_CASES[-1].lengths, ignore=7),
+    GCase(4, 3, 2, 1, 3, L=1, D=1, lengths=(4, 2, 4)),  # h = 1
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ONE_CELL_CASES, ids=str)
+def test_one_cell_params_only_matches_reference(backend, case, dtype):
+    supports_general(backend)
+    params, x, y, h0, lengths = case.make(dtype)
+    kw = dict(h0=h0, lengths=lengths, batch_first=case.batch_first, reduction=case.reduction, params_only=True)
+    ref = fastrnn.loss_and_grads(params, x, y, backend=REFERENCE, **kw)
+    got = fastrnn.loss_and_grads(params, x, y, backend=backend, **kw)
+    tol = TOL[dtype]
+    assert abs(got[0] - ref[0]) <= tol * abs(ref[0])
+    gr, gg = flat_grads(ref[1]), flat_grads(got[1])
+    assert gr.keys() == gg.keys()
+    for name in gr:
+        assert gg[name].dtype == dtype, name
+        assert rel_err(gg[name], gr[name]) <= tol, name
+    assert rel_err(got[2], ref[2]) <= tol
+
+
+def _kernels(name):
+    from fastrnn.backends import cffi_packed, numba_packed
+
+    return {"numba": numba_packed, "c": cffi_packed}[name].KERNELS
+
+
+@pytest.mark.parametrize("case", [c for c in ONE_CELL_CASES if c.n > 1 and not c.unbatched][:6], ids=str)
+def test_one_cell_step_is_the_layer_by_layer_step(fast_backend, case):
+    """The fused step packs, runs and unpacks exactly as the kernels one by one: the same bits."""
+    from fastrnn.backends import _packed
+
+    K = _kernels(fast_backend)
+    params, x, y, h0, lengths = case.make(np.float32)
+    if case.batch_first:
+        x, y = x.swapaxes(0, 1), y.swapaxes(0, 1)
+    T, n = y.shape
+    lengths = np.full(n, T) if lengths is None else np.asarray(lengths)
+    cell = params.layers[0][0] if case.deep else params
+    cells = [(cell.U, cell.W, cell.b)]
+    V, c = params.V, params.c
+    relu = case.relu
+    y = np.where(np.arange(T)[:, None] < lengths[None], np.where(y == -100, -1, y), -1)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    h0 = np.ascontiguousarray((h0 if h0.ndim == 3 else h0[None]).astype(np.float32))
+    args = (cells, 1, V, c, x, y, h0, lengths, 0.25, relu, True, False)
+    fused = _packed.deep_loss_and_grads(K, *args)
+    apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args)
+    assert fused[0] == apart[0]
+    for a, b in zip(fused[1][0] + fused[2:4] + (fused[4], fused[7]), apart[1][0] + apart[2:4] + (apart[4], apart[7])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_fused_step_is_taken_for_one_cell_params_only_only():
+    from fastrnn.backends import _packed
+
+    K = _kernels("numba")
+    calls = []
+    spy = K._replace(cell_step=lambda *a: calls.append(1) or K.cell_step(*a))
+    for L, D, params_only, taken in ((1, 1, True, 1), (1, 1, False, 0), (2, 1, True, 0), (1, 2, True, 0)):
+        params, x, y, h0, lengths = GCase(4, 3, 2, 3, 4, L=L, D=D, lengths=(4, 1, 3)).make(np.float32)
+        cells = [tuple(cell) for layer in params.layers for cell in layer]
+        y = np.where(np.arange(4)[:, None] < np.array(lengths)[None], y, -1)
+        calls.clear()
+        _packed.deep_loss_and_grads(spy, cells, D, params.V, params.c, x, y, h0.astype(np.float32),
+                                    np.array(lengths), 0.1, False, params_only, False)
+        assert len(calls) == taken, (L, D, params_only)

@@ -44,12 +44,19 @@ class Kernels(NamedTuple):
         ``tops`` is the top layer's output per direction, [H] or [H_fwd, H_rev]
         (each (N, h)): the head reads [H_fwd | H_rev] without building it.
     ``x`` is float (N, d) or intp ids (N,); h0s (n, h) in sorted order.
+    cell_step(U, W, b, V, c, inputs, targets, h0, lengths, scale, relu)
+        -> (Σ −log Ŷ[y], dU, dW, db, dV, dc, dh0, h_last), optional: the whole
+        ``params_only`` step of one layer in one direction in one call, on the
+        padded (T, n, ·) inputs, targets and (n, h) h0, with the same packing and
+        kernels as above (its Python between the kernels is most of a small
+        step's overhead).
     """
 
     layer_forward: Callable
     layer_backward: Callable
     head_loss: Callable
     head_probs: Callable
+    cell_step: Callable = None
 
 
 class Packing(NamedTuple):
@@ -286,6 +293,11 @@ def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu, side_by_side=True):
 
 def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False,
                         side_by_side=True):
+    if K.cell_step is not None and D == 1 and len(cells) == 1 and params_only:
+        (U, W, b), = cells
+        total, dU, dW, db, dV, dc, dh0, h_last = K.cell_step(U, W, b, V, c, inputs, targets, h0[0], lengths, scale,
+                                                             relu)
+        return scale * total, [(dU, dW, db)], dV, dc, dh0[None], None, None, h_last[None]
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
     tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)

@@ -15,9 +15,9 @@ from . import _packed
 from .cffi_kernels import _ERRORS, _INT_MAX, _Args
 _FN = {
     np.dtype(np.float32): (lib.packed_forward_f32, lib.packed_backward_f32, lib.packed_head_loss_f32,
-                           lib.packed_head_probs_f32),
+                           lib.packed_head_probs_f32, lib.packed_cell_step_f32),
     np.dtype(np.float64): (lib.packed_forward_f64, lib.packed_backward_f64, lib.packed_head_loss_f64,
-                           lib.packed_head_probs_f64),
+                           lib.packed_head_probs_f64, lib.packed_cell_step_f64),
 }
 
 
@@ -116,6 +116,25 @@ def head_probs(tops, V, c):
     return P
 
 
-KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
+def cell_step(U, W, b, V, c, x, y, h0, lengths, scale, relu):
+    dt = U.dtype
+    d, h = U.shape
+    v = V.shape[1]
+    T, n = y.shape
+    _check_size(T * n * max(d, h, v), d * h, h * v)
+    X, ids = _x(x)
+    X = None if X is None else np.ascontiguousarray(X)
+    y64, len64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (y, lengths))
+    dU, dW, db, dV, dc = np.empty_like(U), np.empty_like(W), np.empty(h, dt), np.empty_like(V), np.empty(v, dt)
+    dh0, h_last = np.empty((n, h), dt), np.empty((n, h), dt)
+    loss = ffi.new("double *")
+    a = _Args(dt)
+    _call(_FN[dt][4], loss, a.p(dU), a.p(dW), a.p(db), a.p(dV), a.p(dc), a.p(dh0), a.p(h_last), a.p(U), a.p(W),
+          a.p(b), a.p(V), a.p(c), a.p(X), a.p(ids), a.p(y64), a.p(np.ascontiguousarray(h0)), a.p(len64),
+          dt.type(scale), T, n, d, h, v, int(relu), COPY_WT_BELOW)
+    return loss[0], dU, dW, db, dV, dc, dh0, h_last
+
+
+KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs, cell_step)
 
 deep_loss_and_grads, deep_probs, deep_forward, deep_backward = _packed.bind(KERNELS)

@@ -186,6 +186,61 @@ def _head_probs(H1, H2, V, c):
     return O
 
 
+@njit(**NUMBA_FLAGS)
+def _cell_step(U, W, b, V, c, X, ids, y, h0, lengths, scale, relu):
+    """The whole training step of one layer in one direction (``params_only``), from the
+    caller's padded batch to its gradients in one call: the packing (sorted by length,
+    longest first, ties in batch order, as :func:`._packed.packing`), the layer forward,
+    the head and loss, the layer backward, with nothing in Python between them.
+    X (T, n, d) or ids (T, n) (the other empty); y (T, n), −1 where not counted; h0 (n, h).
+    Returns (Σ −log Ŷ[y], dU, dW, db, dV, dc, dh0, h_last), the last two (n, h) in
+    batch order."""
+    n = lengths.shape[0]
+    d, h = U.shape
+    order = np.argsort(-lengths, kind="mergesort")  # stable
+    T = lengths[order[0]]
+    bs = np.zeros(T, dtype=np.intp)
+    for j in range(n):
+        for t in range(lengths[j]):
+            bs[t] += 1
+    off = np.zeros(T + 1, dtype=np.intp)
+    for t in range(T):
+        off[t + 1] = off[t] + bs[t]
+    N = off[T]
+    yp = np.empty(N, dtype=np.intp)
+    idp = np.empty(N if ids.size else 0, dtype=np.intp)
+    Xp = np.empty((0 if ids.size else N, d), dtype=U.dtype)
+    for t in range(T):
+        for j in range(bs[t]):
+            r = off[t] + j
+            s = order[j]
+            yp[r] = y[t, s]
+            if ids.size:
+                idp[r] = ids[t, s]
+            else:
+                for k in range(d):
+                    Xp[r, k] = X[t, s, k]
+    h0s = np.empty((n, h), dtype=U.dtype)
+    for j in range(n):
+        for k in range(h):
+            h0s[j, k] = h0[order[j], k]
+    H, Hprev = _layer_forward(U, W, b, Xp, idp, h0s, bs, off, False, relu)
+    G = np.empty((N, h), dtype=U.dtype)
+    none = np.empty((0, 0), dtype=U.dtype)
+    total, dV, dc = _head_loss(H, none, V, c, yp, scale, G, none)
+    carry = np.zeros((n, h), dtype=U.dtype)
+    dU, dW, db, _ = _layer_backward(G, H, Hprev, U, W, Xp, idp, carry, bs, off, False, relu, False)
+    dh0 = np.empty((n, h), dtype=U.dtype)
+    h_last = np.empty((n, h), dtype=U.dtype)
+    for j in range(n):
+        s = order[j]
+        r = off[lengths[s] - 1] + j  # its own last step
+        for k in range(h):
+            h_last[s, k] = H[r, k]
+            dh0[s, k] = carry[j, k]
+    return total, dU, dW, db, dV, dc, dh0, h_last
+
+
 _NO_IDS = np.empty(0, dtype=np.intp)
 _NO_X = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
 
@@ -221,6 +276,15 @@ def head_probs(tops, V, c):
     return _head_probs(tops[0], tops[1] if len(tops) == 2 else _NO_H[V.dtype], V, c)
 
 
-KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs)
+_NO_X3 = {np.dtype(t): np.empty((0, 0, 0), dtype=t) for t in (np.float32, np.float64)}
+_NO_IDS2 = np.empty((0, 0), dtype=np.intp)
+
+
+def cell_step(U, W, b, V, c, x, y, h0, lengths, scale, relu):
+    X, ids = (_NO_X3[U.dtype], x) if x.dtype.kind in "iu" else (x, _NO_IDS2)
+    return _cell_step(U, W, b, V, c, X, ids, y, h0, lengths, V.dtype.type(scale), relu)
+
+
+KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs, cell_step)
 
 deep_loss_and_grads, deep_probs, deep_forward, deep_backward = _packed.bind(KERNELS)
