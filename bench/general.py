@@ -10,8 +10,8 @@ float32, the configurations of fastrnn.bench), on the same data:
 * ``2 layers``: num_layers=2, equal lengths; target ≤ 1.05 × (2 × ``1 layer``);
 * ``bidirectional``: one layer, both directions; target ≤ 2.0 × (≤ 1.5 × at
   char32 and small) ``1 layer``;
-* ``bidirectional, 1 thread``: the same with the two directions one after the
-  other (the library runs them side by side on two threads);
+* ``bidirectional, 1 thread``: the same with ``fastrnn.set_num_threads(1)``
+  (its blocks, or its two directions, one after the other);
 * ``lengths``: lengths uniform in [T/4, T]; target ≤ 0.75 × ``1 layer`` (the
   same batch padded to T);
 * ``torch packed``: nn.RNN + nn.Linear + cross_entropy on a PackedSequence
@@ -45,25 +45,19 @@ def variants(config, backend, dtype, seed=0):
     deep2 = fastrnn.init_params(d, h, v, dtype=dtype, seed=seed, num_layers=2)
     bi = fastrnn.init_params(d, h, v, dtype=dtype, seed=seed, bidirectional=True)
     step = lambda p, **kw: (lambda: fastrnn.loss_and_grads(p, x, y, backend=backend, params_only=True, **kw))  # noqa: E731
-    from fastrnn.backends import _packed
 
-    threaded = _packed._both
-
-    def one_after_the_other(fn, args_fwd, args_rev):
-        return fn(*args_fwd), fn(*args_rev)
-
-    def sequential():
-        _packed._both = one_after_the_other
+    def one_thread():
+        previous = fastrnn.set_num_threads(1)
         try:
             return step(bi)()
         finally:
-            _packed._both = threaded
+            fastrnn.set_num_threads(previous)
 
     out = {
         "1 layer": step(params),
         "2 layers": step(deep2),
         "bidirectional": step(bi),
-        "bidirectional, 1 thread": sequential,
+        "bidirectional, 1 thread": one_thread,
         "lengths": step(params, lengths=lengths),
     }
     from fastrnn.api import _general

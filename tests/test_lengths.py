@@ -251,9 +251,9 @@ def test_bidirectional_after_fork(fast_backend):
     assert got == expected
 
 
-# ---- one layer, one direction, params_only: the whole step in one kernel call (cell_step)
+# ---- one layer, params_only: the whole step in one kernel call (cell_step), one direction or both
 
-ONE_CELL_CASES = [case for case in AGREEMENT_CASES if case.L == 1 and case.D == 1] + [
+ONE_CELL_CASES = [case for case in AGREEMENT_CASES if case.L == 1] + [
     GCase(9, 35, 3, 17, 5, L=1, D=1, relu=True, ids=True, lengths=AGREEMENT_CASES[-1].lengths, ignore=7),
     GCase(4, 3, 2, 1, 3, L=1, D=1, lengths=(4, 2, 4)),  # h = 1
 ]
@@ -283,7 +283,7 @@ def _kernels(name):
     return {"numba": numba_packed, "c": cffi_packed}[name].KERNELS
 
 
-@pytest.mark.parametrize("case", [c for c in ONE_CELL_CASES if c.n > 1 and not c.unbatched][:6], ids=str)
+@pytest.mark.parametrize("case", [c for c in ONE_CELL_CASES if c.n > 1 and not c.unbatched and c.deep], ids=str)
 def test_one_cell_step_is_the_layer_by_layer_step(fast_backend, case):
     """The fused step packs, runs and unpacks exactly as the kernels one by one: the same bits."""
     from fastrnn.backends import _packed
@@ -294,19 +294,25 @@ def test_one_cell_step_is_the_layer_by_layer_step(fast_backend, case):
         x, y = x.swapaxes(0, 1), y.swapaxes(0, 1)
     T, n = y.shape
     lengths = np.full(n, T) if lengths is None else np.asarray(lengths)
-    cell = params.layers[0][0] if case.deep else params
-    cells = [(cell.U, cell.W, cell.b)]
+    cells = [tuple(cell) for cell in params.layers[0]] if case.deep else [(params.U, params.W, params.b)]
+    D = len(cells)
     V, c = params.V, params.c
     relu = case.relu
     y = np.where(np.arange(T)[:, None] < lengths[None], np.where(y == -100, -1, y), -1)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
-    h0 = np.ascontiguousarray((h0 if h0.ndim == 3 else h0[None]).astype(np.float32))
-    args = (cells, 1, V, c, x, y, h0, lengths, 0.25, relu, True, False)
-    fused = _packed.deep_loss_and_grads(K, *args)
-    apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args)
-    assert fused[0] == apart[0]
-    for a, b in zip(fused[1][0] + fused[2:4] + (fused[4], fused[7]), apart[1][0] + apart[2:4] + (apart[4], apart[7])):
-        np.testing.assert_array_equal(a, b)
+    h = cells[0][1].shape[0]
+    h0 = np.zeros((D, n, h)) if h0 is None else (h0 if h0.ndim == 3 else h0[None])
+    h0 = np.ascontiguousarray(h0.astype(np.float32))
+    assert h0.shape == (D, n, cells[0][1].shape[0])
+    args = (cells, D, V, c, x, y, h0, lengths, 0.25, relu, True)
+    fused = _packed.deep_loss_and_grads(K, *args, False)
+    # the kernels one by one: in turn, and (two directions) side by side on two threads
+    for side_by_side in (False, True)[: D]:
+        apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args, side_by_side)
+        assert fused[0] == apart[0]
+        flat = lambda r: [g for cell in r[1] for g in cell] + [r[2], r[3], r[4], r[7]]  # noqa: E731
+        for a, b in zip(flat(fused), flat(apart), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_the_fused_step_is_taken_for_one_cell_params_only_only():
@@ -315,11 +321,14 @@ def test_the_fused_step_is_taken_for_one_cell_params_only_only():
     K = _kernels("numba")
     calls = []
     spy = K._replace(cell_step=lambda *a: calls.append(1) or K.cell_step(*a))
-    for L, D, params_only, taken in ((1, 1, True, 1), (1, 1, False, 0), (2, 1, True, 0), (1, 2, True, 0)):
+    for L, D, params_only, side_by_side, taken in ((1, 1, True, False, 1), (1, 1, True, True, 1),
+                                                    (1, 1, False, False, 0), (2, 1, True, False, 0),
+                                                    (1, 2, True, False, 1), (1, 2, True, True, 0),
+                                                    (2, 2, True, False, 0)):
         params, x, y, h0, lengths = GCase(4, 3, 2, 3, 4, L=L, D=D, lengths=(4, 1, 3)).make(np.float32)
         cells = [tuple(cell) for layer in params.layers for cell in layer]
         y = np.where(np.arange(4)[:, None] < np.array(lengths)[None], y, -1)
         calls.clear()
         _packed.deep_loss_and_grads(spy, cells, D, params.V, params.c, x, y, h0.astype(np.float32),
-                                    np.array(lengths), 0.1, False, params_only, False)
-        assert len(calls) == taken, (L, D, params_only)
+                                    np.array(lengths), 0.1, False, params_only, side_by_side)
+        assert len(calls) == taken, (L, D, params_only, side_by_side)

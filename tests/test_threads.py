@@ -400,9 +400,12 @@ def test_which_general_steps_are_split():
     assert blocks(50, 32, 64, 128, 64, L=2) == 2
     # the second layer's input is dense even when the first reads token ids: 1600 + 3200 + 2600 per row, 5.9M
     assert blocks(25, 32, 65, 40, 65, L=2, ids=True) == 1
-    # bidirectional: never split, the two directions take a core each (14.4M multiply-adds here)
+    # a stack of bidirectional layers: never split, the two directions take a core each (14.4M here)
     assert blocks(25, 32, 65, 40, 65, L=2, D=2, ids=True) == 1
-    assert blocks(50, 32, 64, 128, 64, D=2) == 1
+    # one bidirectional layer: split as one direction is, each block runs both directions
+    assert blocks(50, 32, 64, 128, 64, D=2) == 2
+    assert blocks(25, 32, 65, 100, 65, D=2, ids=True) == 2
+    assert blocks(25, 32, 65, 20, 65, D=2, ids=True) == 1  # 1.2M multiply-adds
     assert blocks(100, 128, 512, 1024, 512) == 1  # large: the BLAS's own threads
 
 
@@ -451,10 +454,10 @@ def test_general_steps_split_or_side_by_side_agree_with_the_reference_and_any_th
     for k in (1, 2, 3):
         fastrnn.set_num_threads(k)
         runs.append(fastrnn.loss_and_grads(params, x, y, backend=backend, **kw))
-    if bidirectional:  # never split: the two directions side by side (and the head's two halves)
+    if bidirectional and L > 1:  # never split: the two directions side by side (and the head's two halves)
         assert calls == [] and len(both) == 2 * (2 * L + 1)  # threads 2 and 3; 1 runs them in turn
-    else:
-        assert calls == [3, 3, 3] and both == []  # the step was split
+    else:  # the step was split; a block runs its directions in turn
+        assert calls == [3, 3, 3] and both == []
     flat = lambda r: [np.float64(r[0]), *_leaves(r[1]), r[2]]  # noqa: E731
     got, expected = flat(runs[0]), flat(want)
     assert len(got) == len(expected)

@@ -44,12 +44,12 @@ class Kernels(NamedTuple):
         ``tops`` is the top layer's output per direction, [H] or [H_fwd, H_rev]
         (each (N, h)): the head reads [H_fwd | H_rev] without building it.
     ``x`` is float (N, d) or intp ids (N,); h0s (n, h) in sorted order.
-    cell_step(U, W, b, V, c, inputs, targets, h0, lengths, scale, relu)
-        -> (Σ −log Ŷ[y], dU, dW, db, dV, dc, dh0, h_last), optional: the whole
-        ``params_only`` step of one layer in one direction in one call, on the
-        padded (T, n, ·) inputs, targets and (n, h) h0, with the same packing and
-        kernels as above (its Python between the kernels is most of a small
-        step's overhead).
+    cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu)
+        -> (Σ −log Ŷ[y], [(dU, dW, db) per cell], dV, dc, dh0, h_last), optional: the
+        whole ``params_only`` step of one layer (one cell, or two: both directions)
+        in one call, on the padded (T, n, ·) inputs and targets and (D, n, h) h0, with
+        the same packing and kernels as above (its Python between the kernels is most
+        of a small step's overhead); dh0 and h_last (D, n, h).
     """
 
     layer_forward: Callable
@@ -293,11 +293,10 @@ def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu, side_by_side=True):
 
 def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False,
                         side_by_side=True):
-    if K.cell_step is not None and D == 1 and len(cells) == 1 and params_only:
-        (U, W, b), = cells
-        total, dU, dW, db, dV, dc, dh0, h_last = K.cell_step(U, W, b, V, c, inputs, targets, h0[0], lengths, scale,
-                                                             relu)
-        return scale * total, [(dU, dW, db)], dV, dc, dh0[None], None, None, h_last[None]
+    if K.cell_step is not None and len(cells) == D and params_only and (D == 1 or not side_by_side):
+        # one layer: the whole step in one call (both directions on this thread)
+        total, grads, dV, dc, dh0, h_last = K.cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu)
+        return scale * total, grads, dV, dc, dh0, None, None, h_last
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
     tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)

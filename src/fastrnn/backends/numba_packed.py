@@ -187,14 +187,16 @@ def _head_probs(H1, H2, V, c):
 
 
 @njit(**NUMBA_FLAGS)
-def _cell_step(U, W, b, V, c, X, ids, y, h0, lengths, scale, relu):
-    """The whole training step of one layer in one direction (``params_only``), from the
-    caller's padded batch to its gradients in one call: the packing (sorted by length,
-    longest first, ties in batch order, as :func:`._packed.packing`), the layer forward,
-    the head and loss, the layer backward, with nothing in Python between them.
-    X (T, n, d) or ids (T, n) (the other empty); y (T, n), −1 where not counted; h0 (n, h).
-    Returns (Σ −log Ŷ[y], dU, dW, db, dV, dc, dh0, h_last), the last two (n, h) in
-    batch order."""
+def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, scale, relu):
+    """The whole training step of one layer (``params_only``), in one direction or both
+    (U2, W2, b2: the reversed cell, or empty), from the caller's padded batch to its
+    gradients in one call: the packing (sorted by length, longest first, ties in batch
+    order, as :func:`._packed.packing`), the layer forward per direction, the head and
+    loss over all rows, the layer backward per direction, with nothing in Python
+    between them. X (T, n, d) or ids (T, n) (the other empty); y (T, n), −1 where not
+    counted; h0 (D, n, h). Returns (Σ −log Ŷ[y], dU, dW, db, dU2, dW2, db2, dV, dc,
+    dh0, h_last), the last two (D, n, h) in batch order."""
+    D = 2 if U2.size else 1
     n = lengths.shape[0]
     d, h = U.shape
     order = np.argsort(-lengths, kind="mergesort")  # stable
@@ -220,25 +222,45 @@ def _cell_step(U, W, b, V, c, X, ids, y, h0, lengths, scale, relu):
             else:
                 for k in range(d):
                     Xp[r, k] = X[t, s, k]
-    h0s = np.empty((n, h), dtype=U.dtype)
-    for j in range(n):
-        for k in range(h):
-            h0s[j, k] = h0[order[j], k]
-    H, Hprev = _layer_forward(U, W, b, Xp, idp, h0s, bs, off, False, relu)
-    G = np.empty((N, h), dtype=U.dtype)
+    h0s = np.empty((D, n, h), dtype=U.dtype)
+    for q in range(D):
+        for j in range(n):
+            for k in range(h):
+                h0s[q, j, k] = h0[q, order[j], k]
     none = np.empty((0, 0), dtype=U.dtype)
-    total, dV, dc = _head_loss(H, none, V, c, yp, scale, G, none)
-    carry = np.zeros((n, h), dtype=U.dtype)
-    dU, dW, db, _ = _layer_backward(G, H, Hprev, U, W, Xp, idp, carry, bs, off, False, relu, False)
-    dh0 = np.empty((n, h), dtype=U.dtype)
-    h_last = np.empty((n, h), dtype=U.dtype)
+    H, Hprev = _layer_forward(U, W, b, Xp, idp, h0s[0], bs, off, False, relu)
+    H2, Hprev2 = (_layer_forward(U2, W2, b2, Xp, idp, h0s[1], bs, off, True, relu) if D == 2
+                  else (none, none))
+    G = np.empty((N, h), dtype=U.dtype)
+    G2 = np.empty((N, h), dtype=U.dtype) if D == 2 else none
+    if D == 1 or N < 2:
+        total, dV, dc = _head_loss(H, H2, V, c, yp, scale, G, G2)
+    else:  # in two halves of the rows, summed in order, as _packed._head_loss: the same bits
+        m = N // 2
+        total, dV, dc = _head_loss(H[:m], H2[:m], V, c, yp[:m], scale, G[:m], G2[:m])
+        total1, dV1, dc1 = _head_loss(H[m:], H2[m:], V, c, yp[m:], scale, G[m:], G2[m:])
+        total += total1
+        dV += dV1
+        dc += dc1
+    carry = np.zeros((D, n, h), dtype=U.dtype)
+    dU, dW, db, _ = _layer_backward(G, H, Hprev, U, W, Xp, idp, carry[0], bs, off, False, relu, False)
+    if D == 2:
+        dU2, dW2, db2, _ = _layer_backward(G2, H2, Hprev2, U2, W2, Xp, idp, carry[1], bs, off, True, relu, False)
+    else:
+        dU2, dW2, db2 = np.empty_like(U2), np.empty_like(W2), np.empty_like(b2)
+    dh0 = np.empty((D, n, h), dtype=U.dtype)
+    h_last = np.empty((D, n, h), dtype=U.dtype)
     for j in range(n):
         s = order[j]
-        r = off[lengths[s] - 1] + j  # its own last step
+        r = off[lengths[s] - 1] + j  # the forward direction ends at its own last step
         for k in range(h):
-            h_last[s, k] = H[r, k]
-            dh0[s, k] = carry[j, k]
-    return total, dU, dW, db, dV, dc, dh0, h_last
+            h_last[0, s, k] = H[r, k]
+            dh0[0, s, k] = carry[0, j, k]
+        if D == 2:
+            for k in range(h):
+                h_last[1, s, k] = H2[j, k]  # the reversed one at step 0
+                dh0[1, s, k] = carry[1, j, k]
+    return total, dU, dW, db, dU2, dW2, db2, dV, dc, dh0, h_last
 
 
 _NO_IDS = np.empty(0, dtype=np.intp)
@@ -280,9 +302,16 @@ _NO_X3 = {np.dtype(t): np.empty((0, 0, 0), dtype=t) for t in (np.float32, np.flo
 _NO_IDS2 = np.empty((0, 0), dtype=np.intp)
 
 
-def cell_step(U, W, b, V, c, x, y, h0, lengths, scale, relu):
-    X, ids = (_NO_X3[U.dtype], x) if x.dtype.kind in "iu" else (x, _NO_IDS2)
-    return _cell_step(U, W, b, V, c, X, ids, y, h0, lengths, V.dtype.type(scale), relu)
+_NO_CELL = {np.dtype(t): (np.empty((0, 0), t), np.empty((0, 0), t), np.empty(0, t)) for t in (np.float32, np.float64)}
+
+
+def cell_step(cells, V, c, x, y, h0, lengths, scale, relu):
+    X, ids = (_NO_X3[V.dtype], x) if x.dtype.kind in "iu" else (x, _NO_IDS2)
+    second = cells[1] if len(cells) == 2 else _NO_CELL[V.dtype]
+    total, dU, dW, db, dU2, dW2, db2, dV, dc, dh0, h_last = _cell_step(
+        *cells[0], *second, V, c, X, ids, y, h0, lengths, V.dtype.type(scale), relu)
+    grads = [(dU, dW, db), (dU2, dW2, db2)][: len(cells)]
+    return total, grads, dV, dc, dh0, h_last
 
 
 KERNELS = _packed.Kernels(layer_forward, layer_backward, head_loss, head_probs, cell_step)
