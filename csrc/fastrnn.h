@@ -127,20 +127,22 @@ int packed_head_probs_f64(double *P, const double *H1, const double *H2, const d
 
 /* The whole params_only step of one layer, one direction or both (U2, W2, b2 the reversed
  * cell, or NULL), from the padded batch in one call: X (T, n, d) or ids (T, n); y (T, n),
- * < 0 not counted; lengths (n,) in [1, T]; h0, dh0, h_last (D, n, h) in batch order.
- * loss: Σ −log Ŷ[y] (unscaled). */
+ * < 0 not counted; lengths (n,) in [1, T]; h0 (D, n, h); only the k sequences members
+ * (ascending batch indices; NULL: all, k = n) take part; dh0, h_last (D, k, h) in their
+ * order. loss: Σ −log Ŷ[y] (unscaled). */
 int packed_cell_step_f32(double *loss, float *dU, float *dW, float *db, float *dU2, float *dW2, float *db2,
                          float *dV, float *dc, float *dh0, float *h_last, const float *U, const float *W,
                          const float *b, const float *U2, const float *W2, const float *b2, const float *V,
                          const float *c, const float *X, const int64_t *ids, const int64_t *y,
-                         const float *h0, const int64_t *lengths, float scale, int T, int n, int d, int h,
-                         int v, int relu, int64_t copy_wt_below);
+                         const float *h0, const int64_t *lengths, const int64_t *members, int k, float scale,
+                         int T, int n, int d, int h, int v, int relu, int64_t copy_wt_below);
 int packed_cell_step_f64(double *loss, double *dU, double *dW, double *db, double *dU2, double *dW2,
                          double *db2, double *dV, double *dc, double *dh0, double *h_last, const double *U,
                          const double *W, const double *b, const double *U2, const double *W2,
                          const double *b2, const double *V, const double *c, const double *X,
                          const int64_t *ids, const int64_t *y, const double *h0, const int64_t *lengths,
-                         double scale, int T, int n, int d, int h, int v, int relu, int64_t copy_wt_below);
+                         const int64_t *members, int k, double scale, int T, int n, int d, int h, int v,
+                         int relu, int64_t copy_wt_below);
 
 /* XLA FFI handlers for fastrnn.jax (csrc/xla_ffi.c): the address of handler `which`
  * (an XLA_FFI_Handler, for jax.ffi.register_ffi_target), or NULL for an unknown one.

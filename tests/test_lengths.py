@@ -332,3 +332,28 @@ def test_the_fused_step_is_taken_for_one_cell_params_only_only():
         _packed.deep_loss_and_grads(spy, cells, D, params.V, params.c, x, y, h0.astype(np.float32),
                                     np.array(lengths), 0.1, False, params_only, side_by_side)
         assert len(calls) == taken, (L, D, params_only, side_by_side)
+
+
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("ids", [False, True])
+def test_one_cell_step_reads_a_block_in_place(fast_backend, D, ids):
+    """A block of a split step (``members``) read from the whole batch gives the bits of
+    the same sequences gathered into a batch of their own."""
+    K = _kernels(fast_backend)
+    case = GCase(6, 7, 3, 5, 4, L=1, D=D, ids=ids, lengths=(3, 6, 1, 4, 3, 2, 5), ignore=3)
+    params, x, y, h0, lengths = case.make(np.float32)
+    cells = [tuple(cell) for cell in params.layers[0]]
+    lengths = np.asarray(lengths)
+    y = np.ascontiguousarray(np.where(np.arange(6)[:, None] < lengths[None], np.where(y == -100, -1, y), -1))
+    h0 = np.ascontiguousarray(h0.astype(np.float32))
+    members = np.array([0, 2, 3, 6])
+    whole = K.cell_step(cells, params.V, params.c, x, y, h0, lengths, 0.5, False, members)
+    Tb = lengths[members].max()
+    alone = K.cell_step(cells, params.V, params.c, np.ascontiguousarray(x[:Tb, members]),
+                        np.ascontiguousarray(y[:Tb, members]), np.ascontiguousarray(h0[:, members]),
+                        lengths[members], 0.5, False)
+    assert whole[0] == alone[0]
+    flat = lambda r: [g for cell in r[1] for g in cell] + list(r[2:])  # noqa: E731
+    for a, b in zip(flat(whole), flat(alone), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert whole[4].shape == (D, len(members), 5)

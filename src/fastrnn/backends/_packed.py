@@ -292,11 +292,18 @@ def deep_probs(K, cells, D, V, c, inputs, h0, lengths, relu, side_by_side=True):
 
 
 def deep_loss_and_grads(K, cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only=False,
-                        side_by_side=True):
+                        side_by_side=True, members=None):
+    """``members``: the sequences of one block of a split step (ascending batch indices)
+    of the whole batch's inputs, targets, h0 and lengths; results are the block's."""
     if K.cell_step is not None and len(cells) == D and params_only and (D == 1 or not side_by_side):
-        # one layer: the whole step in one call (both directions on this thread)
-        total, grads, dV, dc, dh0, h_last = K.cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu)
+        # one layer: the whole step in one call (both directions on this thread), the block read in place
+        total, grads, dV, dc, dh0, h_last = K.cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu,
+                                                        members)
         return scale * total, grads, dV, dc, dh0, None, None, h_last
+    if members is not None:  # the kernels one by one: the block's own padded arrays, up to its longest
+        Tb = int(lengths[members].max())
+        inputs, targets = (np.ascontiguousarray(a[:Tb, members]) for a in (inputs, targets))
+        h0, lengths = np.ascontiguousarray(h0[:, members]), lengths[members]
     T, n = inputs.shape[:2]
     p = packing(lengths, T)
     tops, caches, h_last = _stack_forward(K, cells, D, _pack(inputs, p), h0, p, relu, side_by_side)

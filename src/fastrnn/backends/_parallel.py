@@ -175,7 +175,9 @@ def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, sc
 
     A block takes every B-th sequence in the order of decreasing length, so the
     blocks hold about equal work whatever the lengths, and runs only up to its
-    longest sequence (a bidirectional step is not split: :func:`deep_blocks`).
+    longest sequence (a stack of bidirectional layers is not split:
+    :func:`deep_blocks`). A one-layer ``params_only`` block reads its sequences
+    from the batch's arrays in place (the kernels' ``cell_step``).
     """
     T, n = targets.shape
     B = deep_blocks(T, n, cells, D, V.shape[1], inputs.dtype.kind != "f")
@@ -184,12 +186,8 @@ def deep_loss_and_grads(kernel, cells, D, V, c, inputs, targets, h0, lengths, sc
     order = np.argsort(-lengths, kind="stable")
     members = [np.sort(order[i::B]) for i in range(B)]
 
-    def block(i):
-        j = members[i]
-        Tb = int(lengths[j].max())
-        x, y = (np.ascontiguousarray(a[:Tb, j]) for a in (inputs, targets))
-        return kernel(cells, D, V, c, x, y, np.ascontiguousarray(h0[:, j]), lengths[j], scale, relu,
-                      params_only, False)
+    def block(i):  # the kernel reads its sequences from the whole batch (or gathers them)
+        return kernel(cells, D, V, c, inputs, targets, h0, lengths, scale, relu, params_only, False, members[i])
 
     parts = _run_blocks(block, B)
     loss = parts[0][0]

@@ -116,7 +116,7 @@ def head_probs(tops, V, c):
     return P
 
 
-def cell_step(cells, V, c, x, y, h0, lengths, scale, relu):
+def cell_step(cells, V, c, x, y, h0, lengths, scale, relu, members=None):
     dt = V.dtype
     (U, W, b), D = cells[0], len(cells)
     U2, W2, b2 = cells[1] if D == 2 else (None, None, None)
@@ -130,12 +130,15 @@ def cell_step(cells, V, c, x, y, h0, lengths, scale, relu):
     grads = [(np.empty_like(U_), np.empty_like(W_), np.empty(h, dt)) for U_, W_, _ in cells]
     (dU, dW, db), (dU2, dW2, db2) = grads[0], (grads[1] if D == 2 else (None, None, None))
     dV, dc = np.empty_like(V), np.empty(v, dt)
-    dh0, h_last = np.empty((D, n, h), dt), np.empty((D, n, h), dt)
+    k = n if members is None else len(members)
+    members = None if members is None else np.ascontiguousarray(members, dtype=np.int64)
+    dh0, h_last = np.empty((D, k, h), dt), np.empty((D, k, h), dt)
     loss = ffi.new("double *")
     a = _Args(dt)
     _call(_FN[dt][4], loss, a.p(dU), a.p(dW), a.p(db), a.p(dU2), a.p(dW2), a.p(db2), a.p(dV), a.p(dc), a.p(dh0),
           a.p(h_last), a.p(U), a.p(W), a.p(b), a.p(U2), a.p(W2), a.p(b2), a.p(V), a.p(c), a.p(X), a.p(ids),
-          a.p(y64), a.p(np.ascontiguousarray(h0)), a.p(len64), dt.type(scale), T, n, d, h, v, int(relu),
+          a.p(y64), a.p(np.ascontiguousarray(h0)), a.p(len64), a.p(members), k, dt.type(scale), T, n, d, h, v,
+          int(relu),
           COPY_WT_BELOW)
     return loss[0], grads, dV, dc, dh0, h_last
 

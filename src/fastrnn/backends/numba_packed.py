@@ -187,23 +187,28 @@ def _head_probs(H1, H2, V, c):
 
 
 @njit(**NUMBA_FLAGS)
-def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, scale, relu):
+def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, members, scale, relu):
     """The whole training step of one layer (``params_only``), in one direction or both
     (U2, W2, b2: the reversed cell, or empty), from the caller's padded batch to its
     gradients in one call: the packing (sorted by length, longest first, ties in batch
     order, as :func:`._packed.packing`), the layer forward per direction, the head and
     loss over all rows, the layer backward per direction, with nothing in Python
     between them. X (T, n, d) or ids (T, n) (the other empty); y (T, n), −1 where not
-    counted; h0 (D, n, h). Returns (Σ −log Ŷ[y], dU, dW, db, dU2, dW2, db2, dV, dc,
-    dh0, h_last), the last two (D, n, h) in batch order."""
+    counted; h0 (D, n, h); lengths (n,). Only the sequences ``members`` (k batch
+    indices, ascending) take part: a block of the batch, read in place. Returns
+    (Σ −log Ŷ[y], dU, dW, db, dU2, dW2, db2, dV, dc, dh0, h_last), the last two
+    (D, k, h) in the order of ``members``."""
     D = 2 if U2.size else 1
-    n = lengths.shape[0]
+    n = members.shape[0]
     d, h = U.shape
-    order = np.argsort(-lengths, kind="mergesort")  # stable
-    T = lengths[order[0]]
+    mine = np.empty(n, dtype=np.intp)
+    for j in range(n):
+        mine[j] = lengths[members[j]]
+    order = np.argsort(-mine, kind="mergesort")  # stable: positions in members, longest first
+    T = mine[order[0]]
     bs = np.zeros(T, dtype=np.intp)
     for j in range(n):
-        for t in range(lengths[j]):
+        for t in range(mine[j]):
             bs[t] += 1
     off = np.zeros(T + 1, dtype=np.intp)
     for t in range(T):
@@ -215,7 +220,7 @@ def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, scale, relu):
     for t in range(T):
         for j in range(bs[t]):
             r = off[t] + j
-            s = order[j]
+            s = members[order[j]]
             yp[r] = y[t, s]
             if ids.size:
                 idp[r] = ids[t, s]
@@ -226,7 +231,7 @@ def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, scale, relu):
     for q in range(D):
         for j in range(n):
             for k in range(h):
-                h0s[q, j, k] = h0[q, order[j], k]
+                h0s[q, j, k] = h0[q, members[order[j]], k]
     none = np.empty((0, 0), dtype=U.dtype)
     H, Hprev = _layer_forward(U, W, b, Xp, idp, h0s[0], bs, off, False, relu)
     H2, Hprev2 = (_layer_forward(U2, W2, b2, Xp, idp, h0s[1], bs, off, True, relu) if D == 2
@@ -251,8 +256,8 @@ def _cell_step(U, W, b, U2, W2, b2, V, c, X, ids, y, h0, lengths, scale, relu):
     dh0 = np.empty((D, n, h), dtype=U.dtype)
     h_last = np.empty((D, n, h), dtype=U.dtype)
     for j in range(n):
-        s = order[j]
-        r = off[lengths[s] - 1] + j  # the forward direction ends at its own last step
+        s = order[j]  # its position in members
+        r = off[mine[s] - 1] + j  # the forward direction ends at its own last step
         for k in range(h):
             h_last[0, s, k] = H[r, k]
             dh0[0, s, k] = carry[0, j, k]
@@ -305,11 +310,12 @@ _NO_IDS2 = np.empty((0, 0), dtype=np.intp)
 _NO_CELL = {np.dtype(t): (np.empty((0, 0), t), np.empty((0, 0), t), np.empty(0, t)) for t in (np.float32, np.float64)}
 
 
-def cell_step(cells, V, c, x, y, h0, lengths, scale, relu):
+def cell_step(cells, V, c, x, y, h0, lengths, scale, relu, members=None):
     X, ids = (_NO_X3[V.dtype], x) if x.dtype.kind in "iu" else (x, _NO_IDS2)
     second = cells[1] if len(cells) == 2 else _NO_CELL[V.dtype]
+    members = np.arange(len(lengths)) if members is None else members
     total, dU, dW, db, dU2, dW2, db2, dV, dc, dh0, h_last = _cell_step(
-        *cells[0], *second, V, c, X, ids, y, h0, lengths, V.dtype.type(scale), relu)
+        *cells[0], *second, V, c, X, ids, y, h0, lengths, members, V.dtype.type(scale), relu)
     grads = [(dU, dW, db), (dU2, dW2, db2)][: len(cells)]
     return total, grads, dV, dc, dh0, h_last
 
