@@ -16,7 +16,7 @@
 #define TILES_INLINE static inline __attribute__((always_inline))
 
 /* One tile, R rows from A at column j0 of B and C; masked: m0, m1 select the columns. */
-#define TILE_BODY(VEC, ZERO, LOADU, MASKLOAD, STOREU, MASKSTORE, BCAST, FMA, L)                      \
+#define TILE_BODY(REAL_T, VEC, ZERO, LOADU, MASKLOAD, STOREU, MASKSTORE, BCAST, FMA, L)              \
     VEC c[4][2];                                                                                    \
     for (int r = 0; r < R; r++) c[r][0] = c[r][1] = ZERO();                                         \
     for (int k = 0; k < K; k++) {                                                                   \
@@ -53,23 +53,17 @@
         }                                                                                           \
     } while (0)
 
-#define REAL_T float
-TILES_TARGET TILES_INLINE void tile_f32(int R, int masked, __m256i m0, __m256i m1, int K, const float *A,
-                                        int lda, const float *B, int ldb, float *C, int ldc)
-{
-    TILE_BODY(__m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_storeu_ps,
-              _mm256_maskstore_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, 8)
-}
-#undef REAL_T
-
-#define REAL_T double
-TILES_TARGET TILES_INLINE void tile_f64(int R, int masked, __m256i m0, __m256i m1, int K, const double *A,
-                                        int lda, const double *B, int ldb, double *C, int ldc)
-{
-    TILE_BODY(__m256d, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_maskload_pd, _mm256_storeu_pd,
-              _mm256_maskstore_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, 4)
-}
-#undef REAL_T
+/* tile_f32 and tile_f64: one tile of float or double */
+#define DEFINE_TILE(NAME, REAL_T, ...)                                                              \
+    TILES_TARGET TILES_INLINE void NAME(int R, int masked, __m256i m0, __m256i m1, int K, const REAL_T *A, \
+                                        int lda, const REAL_T *B, int ldb, REAL_T *C, int ldc)      \
+    {                                                                                               \
+        TILE_BODY(REAL_T, __VA_ARGS__)                                                              \
+    }
+DEFINE_TILE(tile_f32, float, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_storeu_ps,
+            _mm256_maskstore_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, 8)
+DEFINE_TILE(tile_f64, double, __m256d, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_maskload_pd, _mm256_storeu_pd,
+            _mm256_maskstore_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, 4)
 
 TILES_TARGET static void tiles_f32(int M, int N, int K, const float *A, int lda, const float *B0, int ldb,
                                    float *C, int ldc)

@@ -57,12 +57,14 @@ AGREEMENT_CASES = GRADCHECK_CASES + [
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("case", AGREEMENT_CASES, ids=str)
-def test_backend_matches_reference(backend, case, dtype):
+def _step_matches_reference(backend, case, dtype, params_only):
+    """loss_and_grads of ``backend`` against the reference on ``case``: the loss, every
+    gradient (in the case's dtype) and h_last within TOL. Returns (the reference's
+    result, (params, inputs, h0, lengths), the tolerance)."""
     supports_general(backend)
     params, x, y, h0, lengths = case.make(dtype)
-    kw = dict(h0=h0, lengths=lengths, batch_first=case.batch_first, reduction=case.reduction)
+    kw = dict(h0=h0, lengths=lengths, batch_first=case.batch_first, reduction=case.reduction,
+              params_only=params_only)
     ref = fastrnn.loss_and_grads(params, x, y, backend=REFERENCE, **kw)
     got = fastrnn.loss_and_grads(params, x, y, backend=backend, **kw)
     tol = TOL[dtype]
@@ -73,6 +75,13 @@ def test_backend_matches_reference(backend, case, dtype):
         assert gg[name].dtype == dtype, name
         assert rel_err(gg[name], gr[name]) <= tol, name
     assert rel_err(got[2], ref[2]) <= tol
+    return ref, (params, x, h0, lengths), tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", AGREEMENT_CASES, ids=str)
+def test_backend_matches_reference(backend, case, dtype):
+    ref, (params, x, h0, lengths), tol = _step_matches_reference(backend, case, dtype, params_only=False)
     P_ref, hl_ref = fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, batch_first=case.batch_first,
                                           backend=REFERENCE)
     P, hl = fastrnn.predict_proba(params, x, h0=h0, lengths=lengths, batch_first=case.batch_first, backend=backend)
@@ -262,19 +271,7 @@ ONE_CELL_CASES = [case for case in AGREEMENT_CASES if case.L == 1] + [
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", ONE_CELL_CASES, ids=str)
 def test_one_cell_params_only_matches_reference(backend, case, dtype):
-    supports_general(backend)
-    params, x, y, h0, lengths = case.make(dtype)
-    kw = dict(h0=h0, lengths=lengths, batch_first=case.batch_first, reduction=case.reduction, params_only=True)
-    ref = fastrnn.loss_and_grads(params, x, y, backend=REFERENCE, **kw)
-    got = fastrnn.loss_and_grads(params, x, y, backend=backend, **kw)
-    tol = TOL[dtype]
-    assert abs(got[0] - ref[0]) <= tol * abs(ref[0])
-    gr, gg = flat_grads(ref[1]), flat_grads(got[1])
-    assert gr.keys() == gg.keys()
-    for name in gr:
-        assert gg[name].dtype == dtype, name
-        assert rel_err(gg[name], gr[name]) <= tol, name
-    assert rel_err(got[2], ref[2]) <= tol
+    _step_matches_reference(backend, case, dtype, params_only=True)
 
 
 def _kernels(name):
