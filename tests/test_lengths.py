@@ -354,3 +354,45 @@ def test_one_cell_step_reads_a_block_in_place(fast_backend, D, ids):
     for a, b in zip(flat(whole), flat(alone), strict=True):
         np.testing.assert_array_equal(a, b)
     assert whole[4].shape == (D, len(members), 5)
+
+
+def test_one_cell_step_is_the_layer_by_layer_step_past_the_longest(fast_backend, dtype=np.float64):
+    """T beyond every sequence's length and n·h·h over COPY_WT_BELOW: whether Wᵀ is copied
+    reads the last step that runs any row, in the fused step and the kernels one by one.
+    float64: with 64 rows the products go to OpenBLAS, whose sgemm can round by where
+    its operands sit (the fused step keeps H and its previous states in one buffer)."""
+    from fastrnn._config import COPY_WT_BELOW
+    from fastrnn.backends import _packed
+
+    K = _kernels(fast_backend)
+    T, n, h = 12, 64, 128
+    assert n * h * h >= COPY_WT_BELOW
+    params, x, y, h0, _ = GCase(T, n, 3, h, 5, L=1, D=2).make(dtype)
+    lengths = np.full(n, 10)
+    cells = [tuple(cell) for cell in params.layers[0]]
+    y = np.ascontiguousarray(np.where(np.arange(T)[:, None] < lengths[None], y, -1))
+    args = (cells, 2, params.V, params.c, x, y, np.ascontiguousarray(h0), lengths, 0.25, False, True)
+    fused = _packed.deep_loss_and_grads(K, *args, False)
+    for side_by_side in (False, True):
+        apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args, side_by_side)
+        assert fused[0] == apart[0]
+        flat = lambda r: [g for cell in r[1] for g in cell] + [r[2], r[3], r[4], r[7]]  # noqa: E731
+        for a, b in zip(flat(fused), flat(apart), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_c_cell_step_refuses_bad_blocks():
+    pytest.importorskip("fastrnn.backends.cffi_kernels")
+    from fastrnn.backends import cffi_packed
+
+    params, x, y, h0, lengths = GCase(4, 3, 2, 3, 4, L=1, D=1, lengths=(4, 1, 3)).make()
+    cells = [tuple(params.layers[0][0])]
+    lengths = np.asarray(lengths)
+    y = np.ascontiguousarray(np.where(np.arange(4)[:, None] < lengths[None], y, -1))
+    run = lambda lengths, members: cffi_packed.cell_step(cells, params.V, params.c, x, y, h0, lengths, 1.0,  # noqa: E731
+                                                         False, members)
+    assert run(lengths, np.array([0, 2]))[4].shape == (1, 2, 3)
+    for bad_lengths, members in ((lengths, np.array([0, 3])), (lengths, np.array([-1])),
+                                 (np.array([4, 0, 3]), None), (np.array([4, 5, 3]), None)):
+        with pytest.raises(RuntimeError, match="C backend"):
+            run(bad_lengths, members)

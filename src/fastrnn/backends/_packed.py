@@ -7,7 +7,8 @@ in rows off[t] .. off[t] + bs[t] of an (N, ·) array, N = Σ lengths. So no
 kernel touches a padded step: the recurrence's product at step t has bs[t]
 rows, and every product over all steps (X U, H V, dW, dU, dX) has N rows.
 
-A backend supplies four kernels on this layout (:class:`Kernels`); this module
+A backend supplies four kernels on this layout, and optionally a fifth that runs a
+one-layer step whole (:class:`Kernels`); this module
 stacks the layers, runs the directions (the two of a layer side by side on two
 threads: they are independent), and turns packed results back into the
 caller's padded (T, n, ·) arrays. Same signatures and results as the
@@ -44,12 +45,14 @@ class Kernels(NamedTuple):
         ``tops`` is the top layer's output per direction, [H] or [H_fwd, H_rev]
         (each (N, h)): the head reads [H_fwd | H_rev] without building it.
     ``x`` is float (N, d) or intp ids (N,); h0s (n, h) in sorted order.
-    cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu)
+    cell_step(cells, V, c, inputs, targets, h0, lengths, scale, relu, members=None)
         -> (Σ −log Ŷ[y], [(dU, dW, db) per cell], dV, dc, dh0, h_last), optional: the
         whole ``params_only`` step of one layer (one cell, or two: both directions)
-        in one call, on the padded (T, n, ·) inputs and targets and (D, n, h) h0, with
-        the same packing and kernels as above (its Python between the kernels is most
-        of a small step's overhead); dh0 and h_last (D, n, h).
+        in one call, on the padded (T, n, ·) inputs and targets, (D, n, h) h0 and (n,)
+        lengths, with the same packing and kernels as above (its Python between the
+        kernels is most of a small step's overhead). ``members`` (k ascending batch
+        indices, default all): the block of sequences to run, read in place; dh0 and
+        h_last (D, k, h) in that order.
     """
 
     layer_forward: Callable

@@ -141,12 +141,15 @@ def deep_blocks(T, n, cells, D, v, ids, ncpu=None):
     passes). The per-step products cost in proportion to their rows (register
     tiles, see _config.TILE_ROWS), so half the rows on each core loses little.
     Measured on the 2-core AMD Zen 3, float32, interleaved, ÷ one layer: small
-    numba 1.95 split vs 2.28 side by side (char32 1.93 vs 1.97); the C backend
-    went the other way at small (2.58 vs 2.34, char32 2.39 vs 2.34)."""
+    numba 1.95 split vs 2.28 side by side (char32 1.93 vs 1.97); C 1.83 split
+    (char32 1.80) once its fused step stopped re-faulting the heap, vs 2.34 side
+    by side. Only ``params_only`` steps were measured split; without it a block
+    runs the kernels one by one, its directions in turn."""
     if D == 2 and len(cells) > 2:
         return 1
     h = cells[0][1].shape[0]
-    per_row = sum((0 if ids and i == 0 else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + h * v
+    # the first layer's cells (one per direction) gather rows of U for token ids: no X U product
+    per_row = sum((0 if ids and i < D else U.shape[0]) * h + h * h for i, (U, _, _) in enumerate(cells)) + h * v
     return _blocks(T * n * per_row, n, ncpu)
 
 

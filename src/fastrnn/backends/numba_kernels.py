@@ -241,9 +241,10 @@ def _tile(typingctx, A, i0, B, j0, C, R, cols):
     """C[i0:i0+R, j0:j0+2L] = A[i0:i0+R] @ B[:, j0:j0+2L] for a literal R, L lanes
     of a 256-bit vector; only the first ``cols`` of the 2L columns when ``cols``
     is not a literal (the row's last, partial tile)."""
-    if not (isinstance(R, types.IntegerLiteral) and isinstance(A, types.Array)
+    if not (isinstance(R, types.IntegerLiteral) and all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2
+                                                          for a in (A, B, C))
             and A.dtype in (types.float32, types.float64) and B.dtype == A.dtype == C.dtype):
-        return None
+        return None  # C-contiguous 2-D operands of one float dtype only: the tile reads rows in place
     rows = R.literal_value
     masked = not isinstance(cols, types.IntegerLiteral)
     lanes = 8 if A.dtype == types.float32 else 4
@@ -310,43 +311,47 @@ def _tile(typingctx, A, i0, B, j0, C, R, cols):
     return types.none(A, i0, B, j0, C, R, cols), codegen
 
 
-@njit(inline="always", **NUMBA_FLAGS)
-def _tile_rows(A, B, j0, C, cols):
-    """Every row of A through the tiles at columns j0 (``cols`` of them: a literal 0
-    for a whole tile)."""
+@njit(**NUMBA_FLAGS)
+def tiles_dot(A, B, C):
+    """C = A B in register tiles (A: m×k, B: k×h, C: m×h, all C-contiguous). Column
+    panels outside (a panel of B stays in L1 over all rows), rows in fours inside.
+    R and whole-or-masked are literals at each call, all in this one function (each
+    extra compiled function cost ~0.6 s on a cold cache)."""
     m = A.shape[0]
-    i = 0
-    while i + 4 <= m:
-        _tile(A, i, B, j0, C, 4, cols)
-        i += 4
-    r = m - i
-    if r == 1:
-        _tile(A, i, B, j0, C, 1, cols)
-    elif r == 2:
-        _tile(A, i, B, j0, C, 2, cols)
-    elif r == 3:
-        _tile(A, i, B, j0, C, 3, cols)
+    h = B.shape[1]
+    if B.shape[0] != A.shape[1] or C.shape[0] != m or C.shape[1] != h:
+        raise ValueError("tiles_dot: A (m, k), B (k, h) and C (m, h) do not match")
+    width = 64 // A.itemsize  # the columns of one tile: two 256-bit vectors
+    for j0 in range(0, h, width):
+        cols = h - j0  # a whole tile from here, or the row's last, masked one
+        for i in range(0, m, 4):
+            r = m - i
+            if cols >= width:
+                if r >= 4:
+                    _tile(A, i, B, j0, C, 4, 0)
+                elif r == 3:
+                    _tile(A, i, B, j0, C, 3, 0)
+                elif r == 2:
+                    _tile(A, i, B, j0, C, 2, 0)
+                else:
+                    _tile(A, i, B, j0, C, 1, 0)
+            elif r >= 4:
+                _tile(A, i, B, j0, C, 4, cols)
+            elif r == 3:
+                _tile(A, i, B, j0, C, 3, cols)
+            elif r == 2:
+                _tile(A, i, B, j0, C, 2, cols)
+            else:
+                _tile(A, i, B, j0, C, 1, cols)
 
 
 @njit(**NUMBA_FLAGS)
-def tiles_dot(A, B, C):
-    """C = A B in register tiles (A: m×k, B: k×h, C: m×h, all C-contiguous)."""
-    h = B.shape[1]
-    width = 64 // A.itemsize  # the columns of one tile: two 256-bit vectors
-    whole = h - h % width
-    for j0 in range(0, whole, width):  # column panels outside: a panel of B stays in L1 over all rows
-        _tile_rows(A, B, j0, C, 0)
-    if whole < h:
-        _tile_rows(A, B, whole, C, h - whole)
-
-
-@njit(inline="always", **NUMBA_FLAGS)
 def tiles_apply(m, h, itemsize):
     """Whether a per-step product of m rows by an h×h matrix runs in the tiles."""
     return 2 <= m <= TILE_ROWS and h * h * itemsize <= TILE_BYTES
 
 
-@njit(inline="always", **NUMBA_FLAGS)
+@njit(**NUMBA_FLAGS)
 def step_dot(A, B, C):
     """C = A B for one step of the recurrence (B h×h and C-contiguous)."""
     if tiles_apply(A.shape[0], B.shape[1], A.itemsize):

@@ -118,7 +118,11 @@ def _steps_back(G, H, W, WTc, carry, db, bs, off, reverse, relu):
 def _layer_backward(G, H, Hprev, U, W, X, ids, carry, bs, off, reverse, relu, want_dX):
     d, h = U.shape
     db = np.zeros(h, dtype=_ACC)  # sums over all N rows accumulate in float64 (numba_kernels._ACC)
-    _steps_back(G, H, W, _transposed_W(W, bs[0], bs[bs.shape[0] - 1]), carry, db, bs, off, reverse, relu)
+    fewest = bs[0]  # the rows of the last step that runs any (T may run past the longest sequence)
+    for t in range(bs.shape[0]):
+        if bs[t] > 0:
+            fewest = bs[t]
+    _steps_back(G, H, W, _transposed_W(W, bs[0], fewest), carry, db, bs, off, reverse, relu)
     dW = np.dot(Hprev.T, G)  # dW = Σ_t S_{t∓1}ᵀ dA_t
     if ids.size == 0:
         dU = np.dot(X.T, G)  # dU = Σ_t X_tᵀ dA_t
