@@ -283,8 +283,6 @@ def _kernels(name):
 @pytest.mark.parametrize("case", [c for c in ONE_CELL_CASES if c.n > 1 and not c.unbatched and c.deep], ids=str)
 def test_one_cell_step_is_the_layer_by_layer_step(fast_backend, case):
     """The fused step packs, runs and unpacks exactly as the kernels one by one: the same bits."""
-    from fastrnn.backends import _packed
-
     K = _kernels(fast_backend)
     params, x, y, h0, lengths = case.make(np.float32)
     if case.batch_first:
@@ -301,10 +299,16 @@ def test_one_cell_step_is_the_layer_by_layer_step(fast_backend, case):
     h0 = np.zeros((D, n, h)) if h0 is None else (h0 if h0.ndim == 3 else h0[None])
     h0 = np.ascontiguousarray(h0.astype(np.float32))
     assert h0.shape == (D, n, cells[0][1].shape[0])
-    args = (cells, D, V, c, x, y, h0, lengths, 0.25, relu, True)
+    _assert_fused_is_apart(K, (cells, D, V, c, x, y, h0, lengths, 0.25, relu, True), sides=(False, True)[:D])
+
+
+def _assert_fused_is_apart(K, args, sides):
+    """_packed.deep_loss_and_grads on ``args`` (params_only): the fused step (one call)
+    gives the bits of the kernels one by one, in turn and (``sides``) side by side."""
+    from fastrnn.backends import _packed
+
     fused = _packed.deep_loss_and_grads(K, *args, False)
-    # the kernels one by one: in turn, and (two directions) side by side on two threads
-    for side_by_side in (False, True)[: D]:
+    for side_by_side in sides:
         apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args, side_by_side)
         assert fused[0] == apart[0]
         flat = lambda r: [g for cell in r[1] for g in cell] + [r[2], r[3], r[4], r[7]]  # noqa: E731
@@ -362,7 +366,6 @@ def test_one_cell_step_is_the_layer_by_layer_step_past_the_longest(fast_backend,
     float64: with 64 rows the products go to OpenBLAS, whose sgemm can round by where
     its operands sit (the fused step keeps H and its previous states in one buffer)."""
     from fastrnn._config import COPY_WT_BELOW
-    from fastrnn.backends import _packed
 
     K = _kernels(fast_backend)
     T, n, h = 12, 64, 128
@@ -372,13 +375,7 @@ def test_one_cell_step_is_the_layer_by_layer_step_past_the_longest(fast_backend,
     cells = [tuple(cell) for cell in params.layers[0]]
     y = np.ascontiguousarray(np.where(np.arange(T)[:, None] < lengths[None], y, -1))
     args = (cells, 2, params.V, params.c, x, y, np.ascontiguousarray(h0), lengths, 0.25, False, True)
-    fused = _packed.deep_loss_and_grads(K, *args, False)
-    for side_by_side in (False, True):
-        apart = _packed.deep_loss_and_grads(K._replace(cell_step=None), *args, side_by_side)
-        assert fused[0] == apart[0]
-        flat = lambda r: [g for cell in r[1] for g in cell] + [r[2], r[3], r[4], r[7]]  # noqa: E731
-        for a, b in zip(flat(fused), flat(apart), strict=True):
-            np.testing.assert_array_equal(a, b)
+    _assert_fused_is_apart(K, args, sides=(False, True))
 
 
 def test_c_cell_step_refuses_bad_blocks():
