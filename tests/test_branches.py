@@ -208,12 +208,6 @@ def _within_rounding(C, A, B):
     return not bad.any(), np.argwhere(bad)[:3]
 
 
-def _step_product(name):
-    if name == "numba":
-        return pytest.importorskip("fastrnn.backends.numba_kernels").step_product
-    return resolve(name).step_product
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tiles_every_row_and_column_remainder(dtype):
     """The Numba tiles on their own, at every size (the C ones: below, bit for bit)."""
@@ -228,7 +222,7 @@ def test_tiles_every_row_and_column_remainder(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_step_product_on_both_sides_of_the_limits(fast_backend, dtype):
     """One step's product as the kernels compute it (tiles or BLAS by size)."""
-    step = _step_product(fast_backend)
+    step = resolve(fast_backend).step_product
     h_limit = int(np.sqrt(TILE_BYTES // np.dtype(dtype).itemsize))
     sizes = [(m, h) for m in TILE_ROWS_CASES for h in TILE_COLS_CASES]
     sizes += [(m, h) for m in (2, 5, TILE_ROWS) for h in (h_limit, h_limit + 1)]

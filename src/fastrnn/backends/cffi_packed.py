@@ -138,8 +138,7 @@ def cell_step(cells, V, c, x, y, h0, lengths, scale, relu, members=None):
     _call(_FN[dt][4], loss, a.p(dU), a.p(dW), a.p(db), a.p(dU2), a.p(dW2), a.p(db2), a.p(dV), a.p(dc), a.p(dh0),
           a.p(h_last), a.p(U), a.p(W), a.p(b), a.p(U2), a.p(W2), a.p(b2), a.p(V), a.p(c), a.p(X), a.p(ids),
           a.p(y64), a.p(np.ascontiguousarray(h0)), a.p(len64), a.p(members), k, dt.type(scale), T, n, d, h, v,
-          int(relu),
-          COPY_WT_BELOW)
+          int(relu), COPY_WT_BELOW)
     return loss[0], grads, dV, dc, dh0, h_last
 
 
