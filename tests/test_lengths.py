@@ -191,6 +191,22 @@ def test_layer_functions_with_lengths_and_relu(backend):
         assert g.U[1, 2] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
 
+def test_an_overflowed_relu_state_stays_nan(backend):
+    """relu(NaN) is NaN, as np.maximum gives: a state that overflowed must not restart from 0
+    (relu as `a > 0 ? a : 0` turned the NaN into 0 and went on with finite, wrong states)."""
+    supports_general(backend)
+    U, W, b = np.full((1, 2), 1e300), 1e10 * np.eye(2), np.zeros(2)
+    x = np.zeros((4, 2), dtype=np.intp)  # H_1 = 1e300, H_2 = inf, then 0·inf = NaN in W's zeros
+    deep = fastrnn.DeepParams(((fastrnn.Cell(U, W, b),),), np.ones((2, 3)), np.zeros(3), "relu")
+    with np.errstate(all="ignore"):
+        H = fastrnn.rnn_forward(x, U, W, b, nonlinearity="relu", backend=backend)
+        h_last = fastrnn.loss_and_grads(deep, x, x, params_only=True, backend=backend)[2]  # one cell: the fused step
+        H_ref = fastrnn.rnn_forward(x, U, W, b, nonlinearity="relu", backend=REFERENCE)
+    assert np.isnan(H_ref[2:]).all() and np.isinf(H_ref[1]).all()
+    np.testing.assert_array_equal(H, H_ref)  # NaN where the reference has NaN
+    assert np.isnan(h_last).all()
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     T=st.integers(1, 6), n=st.integers(1, 4), L=st.integers(1, 3), D=st.integers(1, 2), relu=st.booleans(),

@@ -26,7 +26,7 @@ def _act_rows(Ht, HW, b, relu):
         for i in range(m):
             for j in range(h):
                 a = Ht[i, j] + HW[i, j] + b[j]
-                Ht[i, j] = a if a > zero else zero  # H_t = relu(A_t)
+                Ht[i, j] = a if (a > zero or a != a) else zero  # H_t = relu(A_t); NaN stays NaN, as np.maximum
     else:
         for i in range(m):
             for j in range(h):
