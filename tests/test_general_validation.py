@@ -66,6 +66,22 @@ def test_targets_outside_v_at_real_steps(deep):
     fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, backend="numpy")
 
 
+@pytest.mark.parametrize("huge, ignore_index", [(2**64 - 100, -100), (2**64 - 1, -1), (2**63, -100)])
+def test_huge_unsigned_targets_are_refused_not_wrapped_into_ignore_index(deep, huge, ignore_index):
+    """uint64 class ids of 2**63 or more once wrapped to negative intp: -100 as -100 (silently
+    ignored), 2**63 reported as -9223372036854775808."""
+    params, x, y, h0, lengths = deep
+    y = y.astype(np.uint64) % 5  # GCase's padding (10**6) is out of range: reduce it to classes
+    y[0, 0] = huge
+    with pytest.raises(ValueError, match=rf"targets holds class {huge}, outside \[0, v=5\)"):
+        fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, ignore_index=ignore_index, backend="numpy")
+    y[0, 0] = 1  # and in range, unsigned targets count as signed ones do
+    ours = fastrnn.loss_and_grads(params, x, y, h0=h0, lengths=lengths, ignore_index=ignore_index, backend="numpy")
+    signed = fastrnn.loss_and_grads(params, x, y.astype(np.int64), h0=h0, lengths=lengths, ignore_index=ignore_index,
+                                    backend="numpy")
+    assert ours[0] == signed[0]
+
+
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match=r"num_layers must be a positive integer, got 0"):
         fastrnn.init_params(3, 4, 5, num_layers=0)

@@ -382,14 +382,15 @@ def check_targets_counted(targets, layout, v, lengths, ignore_index):
         y = y[:, None]
     elif layout.batch_first:
         y = y.swapaxes(0, 1)
-    y = y.astype(np.intp)
+    # checked in the caller's dtype: a uint64 class id of 2**63 or more must not wrap to a negative
+    # intp (and then pass for a negative ignore_index)
     counted = y != ignore_index
     if lengths is not None:
         counted &= np.arange(layout.T)[:, None] < lengths[None, :]
     bad = counted & ((y < 0) | (y >= v))
     if bad.any():
         raise ValueError(f"targets holds class {y[bad][0]}, outside [0, v={v}) and not ignore_index={ignore_index}")
-    return np.ascontiguousarray(np.where(counted, y, -1)), int(counted.sum())
+    return np.where(counted, y.astype(np.intp), -1), int(counted.sum())  # what is not counted (may wrap) is −1
 
 
 def check_deep_h0(h0, layout, LD, h, dtype, name="h0"):
