@@ -51,6 +51,73 @@ def test_clipping_refuses_bad_limits(limit):
     assert all((a == 3.0).all() for a in g[:5])  # untouched
 
 
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: optim.SGD(p, lr=1e39), r"lr must be a positive number that float32 can hold .*got 1e\+39"),
+        (lambda p: optim.Adam(p, eps=1e-50), r"eps must be a positive number that float32 can hold"),
+        (lambda p: optim.Adagrad(p, eps=1e-50), r"eps must be a positive number that float32 can hold"),
+        (lambda p: optim.RMSprop(p, eps=1e-50), r"eps must be a positive number that float32 can hold"),
+        (lambda p: optim.Adam(p, betas=(0.9, 0.99999999)), r"beta2 must be a number in \[0, 1\) that stays below 1"),
+        (lambda p: optim.RMSprop(p, rho=0.99999999), r"rho must be a number in \[0, 1\) that stays below 1"),
+        (lambda p: optim.SGD(p, momentum=0.99999999), r"momentum must be a number in \[0, 1\) that stays below 1"),
+    ],
+)
+def test_hyperparameters_must_keep_their_meaning_in_float32(make, message):
+    """1e39 is inf in float32, 1e-50 is 0, 0.99999999 is 1: each once turned a step's update
+    non-finite (or made Adam divide by eps alone) with only a numpy warning."""
+    with pytest.raises(ValueError, match=message):
+        make(_params(np.float32))
+    make(_params(np.float64))  # the same numbers are fine in float64
+
+
+@pytest.mark.parametrize(
+    "params, error, message",
+    [
+        (fastrnn.Params(*(np.ones(s, np.int64) for s in SHAPES)), TypeError, r"params.U must be a float32 or float64"),
+        (_params()._replace(W=np.ones((1, 2))), ValueError, r"params.W must have shape \(h=2, h=2\), got \(1, 2\)"),
+        (_params()._replace(b=np.array([0.0, np.nan])), ValueError, r"params.b contains NaN or Inf"),
+        (_params()._replace(c=[0.5, 0.5, 0.5]), TypeError, r"params.c must be a writeable numpy array .*got list"),
+        (_params()._replace(V=np.broadcast_to(0.5, (2, 3))), TypeError, r"params.V must be a writeable .*read-only"),
+    ],
+)
+def test_optimizers_check_params_as_the_kernels_do(params, error, message):
+    """A Params with int arrays was accepted (its updates then cast lr to 0: a silent no-op)."""
+    for make in optim.OPTIMIZERS.values():
+        with pytest.raises(error, match=message):
+            make(params)
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_global_norm_of_finite_gradients_whose_squares_overflow(dtype, big):
+    """The squares of 1e20 overflow float32: the norm was Inf and every gradient became 0."""
+    g = _grads(dtype, 0.0)
+    g.U[0, 0], g.W[1, 1] = big, -big
+    norm = optim.clip_by_global_norm(g, 5.0)
+    assert norm == pytest.approx(big * np.sqrt(2), rel=1e-6)
+    assert g.U[0, 0] == pytest.approx(5 / np.sqrt(2), rel=1e-6) and g.W[1, 1] == pytest.approx(-5 / np.sqrt(2), rel=1e-6)
+    assert np.sqrt(sum(float(np.vdot(a, a)) for a in g[:5])) == pytest.approx(5.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_global_norm_leaves_non_finite_gradients_for_the_step_to_refuse(bad):
+    g = _grads()
+    g.V[0, 0] = bad
+    norm = optim.clip_by_global_norm(g, 1.0)
+    assert not np.isfinite(norm)
+    assert (g.U == 0.1).all() and (g.W == 0.1).all()  # not scaled to 0
+    p = _params()
+    with pytest.raises(optim.TrainingDiverged, match="grads.V contains NaN or Inf"):
+        optim.SGD(p).step(g)
+    assert (p.U == 0.5).all()
+
+
+@pytest.mark.parametrize("state", [{}, [1, 2], None])
+def test_load_state_dict_needs_a_state(state):
+    with pytest.raises(ValueError, match="optimizer state must be a mapping with t"):
+        optim.Adam(_params()).load_state_dict(state)
+
+
 def test_cli_and_library_share_the_rule_and_words():
     from fastrnn.cli import _positive_float
 

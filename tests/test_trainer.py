@@ -34,7 +34,8 @@ def test_a_diverging_last_step_raises_and_keeps_the_good_checkpoint(vocab, ids, 
     good = _trainer(vocab, ids)
     good.run(3, progress=False, checkpoint=path)
     before = path.read_bytes()
-    tr = _trainer(vocab, ids, optimizer="sgd", lr=1e39)  # finite as a Python float, inf in float32
+    tr = _trainer(vocab, ids, optimizer="sgd", lr=0.1)
+    tr.optimizer.lr = 1e39  # finite as a Python float, inf in float32 (the constructor refuses it)
     with pytest.raises(fastrnn.TrainingDiverged, match="update at step 1 made params.U NaN or Inf.*no checkpoint was written"):
         tr.run(1, progress=False, checkpoint=path)  # the divergence is in the last step
     assert path.read_bytes() == before

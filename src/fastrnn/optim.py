@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ._params import DeepGrads, DeepParams, Params
-from ._validate import check_deep_params
+from ._validate import check_deep_params, check_params
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS", "DEFAULT_LR", "clip_by_value", "clip_by_global_norm",
@@ -91,12 +91,28 @@ def clip_by_value(grads, limit=5.0):
 
 def clip_by_global_norm(grads, max_norm):
     """Scale all parameter gradients together so their joint L2 norm is at most
-    ``max_norm``; returns the norm before clipping."""
+    ``max_norm``; returns the norm before clipping.
+
+    Gradients holding NaN or Inf are left as they are (the norm returned is then
+    NaN or Inf, and an optimizer's ``step`` raises :class:`TrainingDiverged`);
+    finite gradients whose squares overflow their dtype are measured in units of
+    their largest element instead."""
     max_norm = check_hyperparameter("max_norm", max_norm, "positive")
-    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in _param_grads(grads))))
-    if norm > max_norm:
+    gs = _param_grads(grads)
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in gs))
+    if math.isinf(norm):  # overflowed squares, or an infinite gradient
+        peak = max((float(np.max(np.abs(g))) for g in gs if g.size), default=0.0)
+        if not math.isfinite(peak):
+            return peak
+        units = math.sqrt(sum(float(np.vdot(g / g.dtype.type(peak), g / g.dtype.type(peak))) for g in gs))
+        scale = max_norm / peak / units  # norm = peak · units, which may overflow a float itself
+        norm = peak * units
+    elif norm > max_norm:
         scale = max_norm / norm
-        for g in _param_grads(grads):
+    else:
+        return norm
+    if scale < 1:
+        for g in gs:
             g *= g.dtype.type(scale)
     return norm
 
@@ -115,18 +131,39 @@ class Optimizer:
     def __init__(self, params, lr):
         if isinstance(params, DeepParams):
             check_deep_params(params)  # shapes chain, one float dtype, finite
-        elif not isinstance(params, Params):
+        elif isinstance(params, Params):
+            check_params(params)  # shapes agree, one float dtype, finite
+        else:
             raise TypeError(f"params must be a fastrnn.Params or fastrnn.DeepParams, got {type(params).__name__}")
         self.params = params
         self._names = [k for k, _ in _named(params)]
         self._arrays = [a for _, a in _named(params)]  # updated in place, in this order
-        self.lr = check_hyperparameter("lr", lr, "positive")
+        for k, a in zip(self._names, self._arrays):
+            if not isinstance(a, np.ndarray) or not a.flags.writeable:
+                raise TypeError(f"params.{k} must be a writeable numpy array (updated in place), got "
+                                f"{'a read-only array' if isinstance(a, np.ndarray) else type(a).__name__}")
+        self.lr = self._hyperparameter("lr", lr, "positive")
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p) for p in self._arrays] for s in self.slots}
 
     def config(self):
         """The hyperparameters, as keyword arguments that rebuild this optimizer."""
         return {"lr": self.lr}
+
+    def _hyperparameter(self, name, value, rule):
+        """:func:`check_hyperparameter`, and the value must keep its meaning in the
+        parameters' dtype: a positive number must not round to 0 or Inf (eps = 1e-50,
+        lr = 1e39 in float32), a number in [0, 1) not to 1 (beta2 = 0.99999999)."""
+        value = check_hyperparameter(name, value, rule)
+        dtype = self._arrays[0].dtype
+        with np.errstate(over="ignore"):
+            there = dtype.type(value)
+        if rule == "positive" and not (math.isfinite(there) and there > 0):
+            raise ValueError(f"{name} must be {RULES[rule]} that {dtype} can hold (between "
+                             f"{np.finfo(dtype).smallest_subnormal:.3g} and {np.finfo(dtype).max:.3g}), got {value!r}")
+        if rule == "unit" and not there < 1:
+            raise ValueError(f"{name} must be {RULES[rule]} that stays below 1 in {dtype}, got {value!r}")
+        return value
 
     def check_grads(self, grads):
         """Refuse gradients that do not match the parameters, or are not finite.
@@ -188,10 +225,13 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state):
+        if not hasattr(state, "keys") or "t" not in state:
+            raise ValueError("optimizer state must be a mapping with t (the steps taken) and the slots, as "
+                             f"state_dict() gives; got a {type(state).__name__} without t")
         t = np.asarray(state["t"])
         if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
             raise ValueError(f"optimizer state t must be a non-negative integer, got {t!r}")
-        lr = check_hyperparameter("optimizer state lr", float(state["lr"]), "positive") if "lr" in state else self.lr
+        lr = self._hyperparameter("optimizer state lr", float(state["lr"]), "positive") if "lr" in state else self.lr
         loaded = {}
         for s in self.slots:
             for k, a in zip(self._names, self.state[s]):
@@ -217,14 +257,14 @@ class SGD(Optimizer):
     """p -= lr·g; with momentum μ: v = μ·v + g, p -= lr·v; Nesterov: p -= lr·(g + μ·v)."""
 
     def __init__(self, params, lr=DEFAULT_LR["sgd"], momentum=0.0, nesterov=False):
-        momentum = check_hyperparameter("momentum", momentum, "unit")
+        momentum = check_hyperparameter("momentum", momentum, "unit")  # again in the dtype below
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs a momentum > 0")
         self.slots = ("velocity",) if momentum else ()
         super().__init__(params, lr)
-        self.momentum, self.nesterov = momentum, bool(nesterov)
+        self.momentum, self.nesterov = self._hyperparameter("momentum", momentum, "unit"), bool(nesterov)
 
     def config(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
@@ -248,7 +288,7 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=DEFAULT_LR["adagrad"], eps=1e-8):
         super().__init__(params, lr)
-        self.eps = check_hyperparameter("eps", eps, "positive")
+        self.eps = self._hyperparameter("eps", eps, "positive")
 
     def config(self):
         return {"lr": self.lr, "eps": self.eps}
@@ -266,8 +306,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=DEFAULT_LR["rmsprop"], rho=0.9, eps=1e-8):
         super().__init__(params, lr)
-        self.rho = check_hyperparameter("rho", rho, "unit")
-        self.eps = check_hyperparameter("eps", eps, "positive")
+        self.rho = self._hyperparameter("rho", rho, "unit")
+        self.eps = self._hyperparameter("eps", eps, "positive")
 
     def config(self):
         return {"lr": self.lr, "rho": self.rho, "eps": self.eps}
@@ -292,9 +332,9 @@ class Adam(Optimizer):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.beta1 = check_hyperparameter("beta1", beta1, "unit")
-        self.beta2 = check_hyperparameter("beta2", beta2, "unit")
-        self.eps = check_hyperparameter("eps", eps, "positive")
+        self.beta1 = self._hyperparameter("beta1", beta1, "unit")
+        self.beta2 = self._hyperparameter("beta2", beta2, "unit")
+        self.eps = self._hyperparameter("eps", eps, "positive")
 
     def config(self):
         return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps}
