@@ -103,3 +103,34 @@ def test_bad_input_is_named():
         packed_forward(x, np.array([3, 3]), p.layers, dropout_masks=[])
     with pytest.raises(TypeError, match="tape"):
         packed_backward(None, None)
+
+
+def test_more_bad_input_is_named():
+    """Each of these once failed inside: an IndexError, an unpacking error, a wrapped int64 sum, or NaN let through."""
+    p = fastrnn.init_params(4, 3, 2, num_layers=2, seed=0)
+    x = np.zeros((6, 4), np.float32)
+    with pytest.raises(TypeError, match=r"batch_sizes must be a non-empty 1-D integer array"):
+        lengths_of([])
+    with pytest.raises(ValueError, match="sum to 18446744073709551616 but data has N=6"):
+        packed_forward(x, np.array([2**62] * 4), p.layers)  # the int64 sum wraps to 0; N = 0 then "matches"
+    cell = p.layers[0][0]
+    for bad, what in ((cell[:2], "tuple"), (None, "NoneType")):
+        layers = ((bad,), p.layers[1])
+        with pytest.raises(TypeError, match=rf"layers\[0\]\[0\] must be a Cell\(U, W, b\), got {what}"):
+            packed_forward(x, np.array([3, 3]), layers)
+    nan = np.full((6, 4), np.nan, np.float32)
+    with pytest.raises(ValueError, match="data contains NaN or Inf"):
+        packed_forward(nan, np.array([3, 3]), p.layers)
+    W = cell.W.copy()
+    W[0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"layers\[0\]\[0\]\.W contains NaN or Inf"):
+        packed_forward(x, np.array([3, 3]), ((fastrnn.Cell(cell.U, W, cell.b),), p.layers[1]))
+    with pytest.raises(ValueError, match="h0 contains NaN or Inf"):
+        packed_forward(x, np.array([3, 3]), p.layers, np.full((2, 3, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"dropout_masks\[0\] contains NaN or Inf"):
+        packed_forward(x, np.array([3, 3]), p.layers, dropout_masks=[np.full((6, 3), np.nan, np.float32)])
+    out, h_last, tape = packed_forward(x, np.array([3, 3]), p.layers)
+    with pytest.raises(ValueError, match="d_out contains NaN or Inf"):
+        packed_backward(tape, np.full_like(out, np.nan))
+    with pytest.raises(ValueError, match="dh_last contains NaN or Inf"):
+        packed_backward(tape, None, np.full_like(h_last, np.inf))

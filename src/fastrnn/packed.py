@@ -31,7 +31,7 @@ __all__ = ["packed_forward", "packed_backward", "lengths_of"]
 
 def lengths_of(batch_sizes):
     """Each sorted sequence's length, from the steps' batch sizes."""
-    bs = np.asarray(batch_sizes)
+    bs = _check_batch_sizes(batch_sizes)[0]
     return (bs[None, :] > np.arange(bs[0])[:, None]).sum(axis=1).astype(np.intp)
 
 
@@ -54,14 +54,14 @@ def _steps(batch_sizes, N):
     return steps
 
 
-def _check_batch_sizes(batch_sizes, N):
+def _check_batch_sizes(batch_sizes, N=None):
     bs = np.asarray(batch_sizes)
     if bs.ndim != 1 or bs.size == 0 or bs.dtype.kind not in "iu":
-        raise TypeError(f"batch_sizes must be a 1-D integer array (T,), got {bs.dtype} {bs.shape}")
-    if bs.min() < 1 or np.any(np.diff(bs) > 0):
+        raise TypeError(f"batch_sizes must be a non-empty 1-D integer array (T,), got {bs.dtype} {bs.shape}")
+    if bs.min() < 1 or np.any(np.diff(bs.astype(np.int64)) > 0):
         raise ValueError("batch_sizes must be positive and non-increasing (sequences sorted longest first)")
-    if int(bs.sum()) != N:
-        raise ValueError(f"batch_sizes sum to {int(bs.sum())} but data has N={N} rows")
+    if N is not None and (bs[0] > N or sum(int(k) for k in bs) != N):  # Python ints: an int64 sum can wrap
+        raise ValueError(f"batch_sizes sum to {sum(int(k) for k in bs)} but data has N={N} rows")
     bs = bs.astype(np.intp)
     off = np.zeros(len(bs) + 1, dtype=np.intp)
     np.cumsum(bs, out=off[1:])
@@ -101,6 +101,10 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
     D = len(layers[0])
     if D not in (1, 2) or any(len(cells) != D for cells in layers):
         raise ValueError("every layer must hold 1 cell (forward) or 2 cells (forward, reversed), the same for all")
+    for l, cells in enumerate(layers):
+        for k, cell in enumerate(cells):
+            if not isinstance(cell, (tuple, list)) or len(cell) != 3:
+                raise TypeError(f"layers[{l}][{k}] must be a Cell(U, W, b), got {type(cell).__name__}")
     U0 = np.asarray(layers[0][0][0])
     dtype = U0.dtype
     if dtype not in (np.float32, np.float64) or U0.ndim != 2:
@@ -109,12 +113,15 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
     flat = []
     for l, cells in enumerate(layers):
         d_in = d if l == 0 else D * h
-        for k, (U, W, b) in enumerate(cells):
-            for name, a, shape in (("U", U, (d_in, h)), ("W", W, (h, h)), ("b", b, (h,))):
+        for k, cell in enumerate(cells):
+            arrays = []
+            for name, a, shape in zip("UWb", cell, ((d_in, h), (h, h), (h,))):
                 a = np.asarray(a)
                 if a.shape != shape or a.dtype != dtype:
                     raise ValueError(f"layers[{l}][{k}].{name} must be {dtype} of shape {shape}, got {a.dtype} {a.shape}")
-            flat.append(tuple(np.ascontiguousarray(a) for a in (U, W, b)))
+                check._check_finite(f"layers[{l}][{k}].{name}", a)
+                arrays.append(np.ascontiguousarray(a))
+            flat.append(tuple(arrays))
     x = np.asarray(data)
     if x.dtype.kind in "iu":
         if x.ndim != 1:
@@ -125,6 +132,7 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
     else:
         if x.dtype != dtype or x.ndim != 2 or x.shape[1] != d:
             raise ValueError(f"data must be {dtype} of shape (N, d={d}), got {x.dtype} {x.shape}")
+        check._check_finite("data", x)
         x = np.ascontiguousarray(x)
     bs, off, last = _steps(batch_sizes, len(x))
     n, LD = int(bs[0]), len(flat)
@@ -134,11 +142,14 @@ def packed_forward(data, batch_sizes, layers, h0=None, *, nonlinearity="tanh", d
         h0 = np.asarray(h0)
         if h0.shape != (LD, n, h) or h0.dtype != dtype:
             raise ValueError(f"h0 must be {dtype} of shape (L·D={LD}, n={n}, h={h}), got {h0.dtype} {h0.shape}")
+        check._check_finite("h0", h0)
         h0 = np.ascontiguousarray(h0)
     if dropout_masks is not None:
         dropout_masks = [np.asarray(m, dtype=dtype) for m in dropout_masks]
         if len(dropout_masks) != len(layers) - 1 or any(m.shape != (len(x), D * h) for m in dropout_masks):
             raise ValueError(f"dropout_masks must be L−1={len(layers) - 1} arrays of shape (N, D·h)")
+        for l, m in enumerate(dropout_masks):
+            check._check_finite(f"dropout_masks[{l}]", m)
     return _stack.forward(be, flat, D, x, h0, bs, off, last, relu, dropout_masks)
 
 
@@ -162,11 +173,13 @@ def packed_backward(tape, d_out, dh_last=None, *, want_dX=True):
     d_out = np.asarray(d_out)
     if d_out.shape != (N, D * h) or d_out.dtype != dtype:
         raise ValueError(f"d_out must be {dtype} of shape (N={N}, D·h={D * h}), got {d_out.dtype} {d_out.shape}")
+    check._check_finite("d_out", d_out)
     if dh_last is None:
         dh_last = np.zeros((len(cells), n, h), dtype)
     dh_last = np.asarray(dh_last)
     if dh_last.shape != (len(cells), n, h) or dh_last.dtype != dtype:
         raise ValueError(f"dh_last must be {dtype} of shape ({len(cells)}, {n}, {h}), got {dh_last.dtype} {dh_last.shape}")
+    check._check_finite("dh_last", dh_last)
     grads, dh0, dX = _stack.backward(tape, d_out, dh_last, want_dX)
     layers = tuple(tuple(Cell(*grads[l * D + k]) for k in range(D)) for l in range(len(cells) // D))
     return layers, dh0, dX
