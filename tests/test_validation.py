@@ -202,3 +202,28 @@ def test_inputs_are_not_modified(good, backend):
     for before, after in zip(copies, (*params, x, y)):
         np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(h0, 0.1)
+
+
+def test_more_arguments_are_named(good):
+    """Each of these once surfaced as an error from inside (unpacking, numpy's truth value of an
+    array, SeedSequence) or, for a masked array, silently used the masked values."""
+    params, x, y = good
+    with pytest.raises(ValueError, match=r"reduction must be 'mean' or 'sum', got array"):
+        call(params, x, y, reduction=np.array(["mean", "sum"]))
+    with pytest.raises(ValueError, match=r"reduction must be 'mean' or 'sum', got array"):
+        call(params, x, y, reduction=np.array(["mean", "sum"]), lengths=np.full(N, T))
+    with pytest.raises(TypeError, match=r"b must be an array \(h,\); pass np.zeros\(h\)"):
+        fastrnn.rnn_forward(x, params.U, params.W, None)
+    with pytest.raises(TypeError, match=r"b must be an array"):
+        fastrnn.rnn_forward(x, params.U, params.W, None, lengths=np.full(N, T))
+    masked = np.ma.masked_array(x, mask=np.zeros_like(x, dtype=bool))
+    with pytest.raises(TypeError, match=r"inputs is a masked array, whose mask fastrnn would not see"):
+        call(params, masked, y)
+    with pytest.raises(TypeError, match=r"params.U is a masked array"):
+        call(params._replace(U=np.ma.masked_array(params.U)), x, y)
+    for seed, error in (("x", TypeError), (-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match=r"seed must be None, a non-negative integer or a numpy Generator"):
+            fastrnn.init_params(D, H, V, seed=seed)
+    for k, error in ((np.array([2]), ValueError), (np.array([2, 3]), ValueError), (np.True_, TypeError)):
+        with pytest.raises(error, match=r"threads must be a positive integer or 'auto'"):
+            fastrnn.set_num_threads(k)

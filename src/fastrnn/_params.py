@@ -146,7 +146,10 @@ def init_params(
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    rng = np.random.default_rng(seed)
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None, a non-negative integer or a numpy Generator, got {seed!r}") from None
     if num_layers > 1 or bidirectional or nonlinearity != "tanh":
         D = 2 if bidirectional else 1
         layers = []

@@ -8,6 +8,7 @@ as C-contiguous, time-major arrays ready for a backend.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_array(name, value):
+    masked = sys.modules.get("numpy.ma")  # not imported: nothing can be a masked array
+    if masked is not None and isinstance(value, masked.MaskedArray):
+        raise TypeError(f"{name} is a masked array, whose mask fastrnn would not see; mark padding with "
+                        "lengths= and skipped targets with ignore_index, or pass .filled(...)")
     try:
         return np.asarray(value)
     except Exception as exc:
@@ -271,8 +276,14 @@ def check_step_batch(inputs, targets, h0, d, h, v, dtype):
     return x, y, check_h0(h0, layout, h, dtype), layout
 
 
+def _check_reduction_name(reduction):
+    if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
 def check_reduction(reduction, T, n):
     """The loss scale: 1/(T·n) for 'mean', 1 for 'sum'."""
+    _check_reduction_name(reduction)
     if reduction == "mean":
         return 1.0 / (T * n)
     if reduction == "sum":
@@ -411,6 +422,7 @@ def check_deep_h0(h0, layout, LD, h, dtype, name="h0"):
 def check_mean_scale(reduction, counted):
     """'mean': 1/(number of counted targets), 1 when none counts (the loss is then 0);
     'sum': 1."""
+    _check_reduction_name(reduction)
     if reduction == "mean":
         return 1.0 / max(counted, 1)
     if reduction == "sum":

@@ -108,6 +108,8 @@ def rnn_forward(inputs, U, W, b, h0=None, *, batch_first=False, backend=None, le
     ``nonlinearity='relu'`` uses max(A, 0). With ``lengths``, H is 0 at padded
     steps and sequence i's final state is ``H[lengths[i] - 1, i]``.
     """
+    if b is None:
+        raise TypeError("b must be an array (h,); pass np.zeros(h) for a layer without a bias")
     if lengths is not None or nonlinearity != "tanh":
         return _general_rnn_forward(inputs, U, W, b, h0, batch_first, backend, lengths, nonlinearity)
     be = resolve(backend)
