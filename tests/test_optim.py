@@ -215,3 +215,15 @@ def test_library_and_cli_default_learning_rates_agree(name, tmp_path):
     assert trainer.optimizer.lr == optim.DEFAULT_LR[name] == optim.OPTIMIZERS[name](_params()).lr
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert f"{name} {optim.DEFAULT_LR[name]:g}" in " ".join(help_text.split())
+
+
+def test_clipping_and_make_optimizer_name_their_arguments():
+    """These once failed inside np.clip or with "unhashable type: 'list'"."""
+    for clip in (optim.clip_by_value, optim.clip_by_global_norm):
+        for grads in (tuple(_grads()[:5]), None):
+            with pytest.raises(TypeError, match=r"grads must be a fastrnn.Grads or fastrnn.DeepGrads, got"):
+                clip(grads, 1.0)
+    with pytest.raises(ValueError, match=r"optimizer must be one of sgd, adagrad, rmsprop, adam, got \['adam'\]"):
+        optim.make_optimizer(["adam"], _params())
+    with pytest.raises(TypeError, match=r"optimizer keyword arguments must be a dict, got list"):
+        optim.make_optimizer("adam", _params(), [1, 2])

@@ -326,3 +326,18 @@ def test_smoothed_loss_is_a_bias_corrected_average(vocab, ids):
     for k in range(1, 6):
         w = 0.01 * 0.99 ** np.arange(k - 1, -1, -1)  # the weights an EMA from 0 gives, then /(1 − 0.99ᵏ)
         assert tr.history.smooth_loss[k - 1] == pytest.approx((w @ losses[:k]) / (1 - 0.99**k), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kw, error, message",
+    [
+        ({"optimizer": ["adam"]}, ValueError, r"optimizer must be one of .*got \['adam'\]"),
+        ({"optimizer_args": [1, 2]}, TypeError, r"optimizer_args must be a dict .*got list"),
+        ({"optimizer_args": "lr"}, TypeError, r"optimizer_args must be a dict .*got str"),
+        ({"comm": 3}, TypeError, r"comm must be an MPI communicator .*got int"),
+        ({"reduction": np.array(["mean", "sum"])}, ValueError, r"reduction must be 'mean' or 'sum'"),
+    ],
+)
+def test_trainer_names_bad_arguments(vocab, ids, kw, error, message):
+    with pytest.raises(error, match=message):
+        _trainer(vocab, ids, **kw)

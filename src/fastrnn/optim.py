@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ._params import DeepGrads, DeepParams, Params
+from ._params import DeepGrads, DeepParams, Grads, Params
 from ._validate import check_deep_params, check_params
 
 __all__ = [
@@ -78,6 +78,8 @@ def _named(tree):
 
 
 def _param_grads(grads):
+    if not isinstance(grads, (Grads, DeepGrads)):
+        raise TypeError(f"grads must be a fastrnn.Grads or fastrnn.DeepGrads, got {type(grads).__name__}")
     return [g for _, g in _named(grads)]
 
 
@@ -360,8 +362,10 @@ def make_optimizer(name, params, kwargs=None):
     ``kwargs`` are its constructor's keyword arguments; Adam also takes
     ``beta1`` and/or ``beta2`` on their own (the other keeps its default).
     """
-    if name not in OPTIMIZERS:
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"optimizer keyword arguments must be a dict, got {type(kwargs).__name__}")
     kwargs = dict(kwargs or {})
     if name == "adam" and ("beta1" in kwargs or "beta2" in kwargs):
         if "betas" in kwargs:

@@ -177,7 +177,7 @@ class Trainer:
         v = len(model.vocab)
         self.seq_len = _positive_int("seq_len", seq_len)
         self.batch = _positive_int("batch", batch)
-        if reduction not in ("mean", "sum"):
+        if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.clip = None if clip is None else optim.check_hyperparameter("clip", clip, "positive")
         self.clip_norm = None if clip_norm is None else optim.check_hyperparameter("clip_norm", clip_norm, "positive")
@@ -186,10 +186,13 @@ class Trainer:
         self.train_ids = check_token_ids("train_ids", train_ids, v)
         self.val_ids = None if val_ids is None else check_token_ids("val_ids", val_ids, v)
         self.batcher = Batcher(self.train_ids, self.batch, self.seq_len)
+        if optimizer_args is not None and not isinstance(optimizer_args, dict):
+            raise TypeError(f"optimizer_args must be a dict of the optimizer's keyword arguments, got "
+                            f"{type(optimizer_args).__name__}")
         kwargs = dict(optimizer_args or {})
         if lr is not None:
             kwargs["lr"] = lr
-        if optimizer not in optim.OPTIMIZERS:
+        if not isinstance(optimizer, str) or optimizer not in optim.OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
         self.optimizer_name = optimizer
         self.optimizer = optim.make_optimizer(optimizer, model.params, kwargs)
@@ -208,6 +211,9 @@ class Trainer:
         if comm is not None:
             from . import distributed
 
+            if not all(callable(getattr(comm, m, None)) for m in ("Get_size", "Get_rank", "Allreduce", "bcast")):
+                raise TypeError(f"comm must be an MPI communicator (mpi4py's MPI.COMM_WORLD, say), got "
+                                f"{type(comm).__name__}")
             self.sync_every = _positive_int("sync_every", sync_every)
             self._rows = distributed.split_streams(self.batch, comm.Get_size(), comm.Get_rank())
             share = (self._rows.stop - self._rows.start) / self.batch
