@@ -185,3 +185,13 @@ def test_a_grad_fn_returning_none_for_a_parameter_gradient_is_named():
 
     report = fastrnn.gradcheck(params, inputs, targets, h0=h0, grad_fn=no_state_grads)
     assert report.passed and report.skipped == ["h0", "A"] and "not returned: h0, A" in str(report)
+
+
+def test_a_grad_fn_returning_the_wrong_container_is_named():
+    """A DeepParams gradcheck whose grad_fn returned a Grads once failed with an AttributeError on .layers."""
+    deep = fastrnn.init_params(3, 4, 5, dtype=np.float64, num_layers=2, seed=0)
+    flat = fastrnn.init_params(3, 4, 5, dtype=np.float64, seed=0)
+    x, y = np.zeros((3, 2), dtype=int), np.ones((3, 2), dtype=int)
+    wrong = lambda p, *a, **k: fastrnn.loss_and_grads(flat, *a, **k)  # noqa: E731
+    with pytest.raises(TypeError, match=r"must return grads with layers, V, c \(a fastrnn.DeepGrads for DeepParams\), got Grads"):
+        fastrnn.gradcheck(deep, x, y, grad_fn=wrong)

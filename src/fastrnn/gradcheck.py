@@ -384,6 +384,10 @@ def _gradcheck_general(params, inputs, targets, h0, reduction, batch_first, back
     grads = result[1]
 
     deep = isinstance(params, DeepParams)
+    fields = ("layers", "V", "c") if deep else ("U", "W", "V", "b", "c")
+    if not all(hasattr(grads, f) for f in fields):
+        raise TypeError(f"the gradient function must return grads with {', '.join(fields)} (a fastrnn."
+                        f"{'DeepGrads' if deep else 'Grads'} for {type(params).__name__}), got {type(grads).__name__}")
     if deep:
         f64 = DeepParams(
             tuple(tuple(type(cell)(*(np.array(a, dtype=np.float64) for a in cell)) for cell in cells)
