@@ -87,6 +87,33 @@ def test_non_finite_inputs_and_h0(good):
         call(params, np.nan_to_num(x), y, h0=np.full((N, H), np.inf))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_checks_on_both_sides_of_the_dot_product_limit(dtype):
+    """Up to DOT_CHECK_MAX elements one dot product Σ a² decides; its overflow must fall back
+    to the element-wise test (finite weights pass), and larger arrays use that test alone."""
+    from fastrnn import _validate
+
+    big = np.finfo(dtype).max / 4  # finite, but its square overflows
+    for size in (_validate.DOT_CHECK_MAX, _validate.DOT_CHECK_MAX + 1):
+        a = np.ones(size, dtype)
+        a[size // 2] = big
+        _validate._check_finite("a", a)  # finite: passes either way
+        for bad in (np.nan, np.inf, -np.inf):
+            a[-1] = bad
+            with pytest.raises(ValueError, match="a contains NaN or Inf"):
+                _validate._check_finite("a", a)
+            a[-1] = 1
+    # through the API: a large finite weight passes, a NaN in a weight is named
+    p = fastrnn.init_params(3, 4, 5, dtype=dtype, seed=0)
+    x, y = np.zeros((2, 3), dtype=np.intp), np.zeros((2, 3), dtype=np.intp)
+    U = p.U.copy()
+    U[2, 1] = big  # row 2 is never gathered here
+    fastrnn.loss_and_grads(p._replace(U=U), x, y)
+    U[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"params\.U contains NaN or Inf"):
+        fastrnn.loss_and_grads(p._replace(U=U), x, y)
+
+
 def test_input_shapes(good):
     params, x, y = good
     with pytest.raises(ValueError, match=r"inputs' last axis must be d=5"):
