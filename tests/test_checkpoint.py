@@ -285,3 +285,89 @@ def test_a_checkpoint_gets_the_mode_of_any_new_file(tmp_path):
         os.umask(previous)
     assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# -- found by probing: concurrent saves, what save writes, crafted headers, special files ----------
+
+
+def test_a_live_process_s_temporary_file_is_left_alone(tmp_path):
+    """Two runs saving one checkpoint: each save removed every *.tmp beside it, the other
+    run's save in progress included, which then failed at its rename (and lost its run)."""
+    import subprocess
+    import sys
+
+    model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine, live, gone = (f"m.npz.{pid}-abc123.tmp" for pid in (os.getpid(), os.getppid(), int(dead.stdout)))
+    for name in (mine, live, gone):
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "m.npz", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live])
+
+
+def test_a_save_during_another_process_s_save_lets_both_finish(tmp_path):
+    import subprocess
+    import sys
+
+    from fastrnn.checkpoint import atomic_write
+
+    path = tmp_path / "race.npz"
+    script = ("import fastrnn, sys; from fastrnn.checkpoint import save_checkpoint; from fastrnn.data import Vocab; "
+              "save_checkpoint(sys.argv[1], fastrnn.CharRNN(Vocab('abc'), 3, seed=1))")
+
+    def write(f):  # another process saves to the same path while this save is half written
+        f.write(b"first half")
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        f.write(b" and the rest")
+
+    atomic_write(path, write)
+    assert path.read_bytes() == b"first half and the rest"  # this save landed last; neither failed
+    assert [p.name for p in tmp_path.iterdir()] == ["race.npz"]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"state": {"a": {"a": 1}}}, r"cannot store state.a \(object\)"),
+        ({"state": {"a": None}}, r"cannot store state.a \(object\)"),
+        ({"state": {"a": np.array(np.nan + 1j)}}, r"cannot store state.a \(complex128\)"),
+        ({"state": {"a": b"abc"}}, r"cannot store state.a \(\|S3\)"),
+        ({"state": {"a": np.datetime64("2020-01-01")}}, r"cannot store state.a \(datetime64\[D\]\)"),
+        ({"meta": [1, 2]}, r"meta must be a dict \(a JSON object\), got list"),
+        ({"meta": {"x": float("nan")}}, r"refusing to write meta, which holds NaN or Inf"),
+        ({"meta": {"x": float("inf")}}, r"refusing to write meta, which holds NaN or Inf"),
+    ],
+)
+def test_save_refuses_what_load_would_refuse(tmp_path, kw, message):
+    """Each of these was written, and then refused by load_checkpoint (or loaded back as NaN)."""
+    model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
+    with pytest.raises(CheckpointError, match=message):
+        save_checkpoint(tmp_path / "m.npz", model, **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crafted_versions_and_deep_headers_are_refused(good, tmp_path):
+    path, _ = good
+    for version in (True, 1.0, "2"):
+        with pytest.raises(CheckpointError, match="unsupported checkpoint format"):
+            load_checkpoint(_variant(path, tmp_path, lambda h: h.update(version=version)))
+    # version 1 (fastrnn 0.1.0) named its optimizer by class: a dict there crashed the loader
+    with pytest.raises(CheckpointError, match="unknown or malformed optimizer"):
+        load_checkpoint(_variant(path, tmp_path, lambda h: h.update(version=1)))
+    arrays = _arrays(path)
+    arrays["header"] = np.array("[" * 100000 + "]" * 100000)
+    with pytest.raises(CheckpointError, match="the header is not JSON"):
+        load_checkpoint(_write(tmp_path / "deep.npz", arrays))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_are_neither_read_nor_replaced(tmp_path):
+    from fastrnn.checkpoint import check_output_path
+
+    os.mkfifo(tmp_path / "f.npz")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(tmp_path / "f.npz")  # opening it would wait for a writer
+    with pytest.raises(ValueError, match="is not a regular file"):
+        check_output_path(tmp_path / "f.npz")
+    with pytest.raises(ValueError, match=r"cannot create a file beside it \(File name too long\)"):
+        check_output_path(tmp_path / ("m" * 245 + ".npz"))  # a legal name; its temporary file's is not

@@ -65,15 +65,38 @@ def check_output_path(path, what="checkpoint"):
         raise ValueError(f"{what} path {path}: cannot write in the folder {folder}")
     if path.exists() and not os.access(path, os.W_OK) and not os.access(folder, os.W_OK):
         raise ValueError(f"{what} path {path}: the file is not writable")
+    if path.exists() and not path.is_file():  # a device, a FIFO, a socket: never replaced by a checkpoint
+        raise ValueError(f"{what} path {path} is not a regular file")
+    try:  # the temporary file a save will write (its name is longer than the path's, for one)
+        fd, tmp = _new_temporary(path)
+    except OSError as exc:
+        raise ValueError(f"{what} path {path}: cannot create a file beside it ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _remove_leftovers(path):
-    """Remove the temporary files of earlier saves to ``path`` that never finished."""
+    """Remove the temporary files of earlier saves to ``path`` that never finished: this
+    process's, and those of processes that no longer run. A live process's temporary file
+    is another save in progress (two runs writing one checkpoint): left alone."""
     for leftover in path.parent.glob(f"{glob_escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(path.name) + 1:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            continue
         try:
             leftover.unlink()
         except OSError:
             pass
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):  # another user's process, or no way to tell
+        return True
+    return True
 
 
 def glob_escape(name):
@@ -81,11 +104,11 @@ def glob_escape(name):
 
 
 def _new_temporary(path):
-    """(fd, name) of a new file ``<name>.<random>.tmp`` beside ``path``, with the mode
+    """(fd, name) of a new file ``<name>.<pid>-<random>.tmp`` beside ``path``, with the mode
     ``open()`` gives a new file (0o666 less the umask; mkstemp's would be 0o600)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = path.parent / f"{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f"{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # pragma: no cover - 48 random bits
@@ -126,8 +149,12 @@ def save_checkpoint(path, model, *, optimizer=None, state=None, meta=None):
     JSON metadata ``meta``) to ``path`` as one .npz, atomically.
 
     Raises :class:`CheckpointError`, writing nothing, if a parameter, optimizer
-    state or float array in ``state`` holds NaN or Inf.
+    state or float array in ``state`` holds NaN or Inf, if ``state`` holds what a
+    checkpoint cannot (objects, complex numbers, bytes, dates: :func:`load_checkpoint`
+    would refuse the file), or if ``meta`` is not a JSON object of finite numbers.
     """
+    if meta is not None and not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta must be a dict (a JSON object), got {type(meta).__name__}")
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -142,9 +169,18 @@ def save_checkpoint(path, model, *, optimizer=None, state=None, meta=None):
     for k, a in (state or {}).items():
         arrays[f"state.{k}"] = np.asarray(a)
     for k, a in arrays.items():
+        if a.dtype.hasobject or a.dtype.kind not in _ALLOWED_KINDS or a.dtype.fields is not None:
+            raise CheckpointError(f"{path}: cannot store {k} ({a.dtype}): a checkpoint holds real numbers, booleans "
+                                  "and text only")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise CheckpointError(f"{path}: refusing to write {k}, which contains NaN or Inf")
-    arrays["header"] = np.array(json.dumps(header, default=_json_default))
+    try:
+        text = json.dumps(header, default=_json_default, allow_nan=False)
+    except ValueError:
+        raise CheckpointError(f"{path}: refusing to write meta, which holds NaN or Inf") from None
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    arrays["header"] = np.array(text)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -170,6 +206,8 @@ def _json_default(x):
 
 def _read_members(path):
     """The archive's arrays by name (without ``.npy``), read defensively."""
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a regular file")  # a FIFO would block the read
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -247,12 +285,13 @@ def load_checkpoint(path, backend=None):
         _fail(path, "not a fastrnn checkpoint (the header is not text)")
     try:
         header = json.loads(str(header_array))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's JSON reader goes
         _fail(path, "not a fastrnn checkpoint (the header is not JSON)")
     if not isinstance(header, dict):
         _fail(path, f"not a fastrnn checkpoint (the header is a JSON {type(header).__name__}, not an object)")
     version = header.get("version")
-    if header.get("format") != FORMAT or version not in READABLE_VERSIONS:
+    readable = type(version) is int and version in READABLE_VERSIONS  # not True (== 1), not 1.0
+    if header.get("format") != FORMAT or not readable:
         _fail(path, f"unsupported checkpoint format {header.get('format')!r} version {version!r} "
                     f"(this fastrnn reads {FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))})")
 
@@ -308,7 +347,10 @@ def _load_optimizer(path, header, version, files, params):
         return None
     if version == 1:  # fastrnn 0.1.0: the class name, and its arguments without lr (lr was in the state)
         names = {cls.__name__: name for name, cls in optim.OPTIMIZERS.items()}
-        name, config = names.get(described), dict(header.get("optimizer_args") or {})
+        args = header.get("optimizer_args") or {}
+        if not isinstance(described, str) or not isinstance(args, dict):
+            _fail(path, f"unknown or malformed optimizer {described!r}")
+        name, config = names.get(described), dict(args)
         lr = files.get("optim.lr")
         if lr is not None and lr.shape == ():
             config["lr"] = float(lr)
