@@ -191,3 +191,13 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_one_line(tmp_path):
     step = int(last.split("interrupted after step ")[1].split(";")[0])
     assert step >= 1
     assert load_checkpoint(tmp_path / "model.npz")[1]["state"]["step"] == step
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(capsys, corpus, tmp_path):
+    rc, out, err = run(capsys, "train", corpus, "--steps", "2", *SMALL, "--out", corpus, "--force")
+    assert_one_line_error(rc, err, "--out corpus.txt is the corpus: it would be overwritten")
+    assert (tmp_path / corpus).read_text() == CORPUS
+    link = tmp_path / "link.txt"
+    link.symlink_to(tmp_path / corpus)
+    rc, out, err = run(capsys, "train", corpus, "--steps", "2", *SMALL, "--out", "link.txt", "--force")
+    assert_one_line_error(rc, err, "is the corpus")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -177,6 +178,14 @@ def _read_corpus(path):
     return text, path
 
 
+def _same_file(a, b):
+    """Whether paths a and b name one file (a link to it included), existing or not."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _check_output(flag, path):
     from .checkpoint import check_output_path
 
@@ -212,6 +221,11 @@ def cmd_train(args):
         raise UsageError("--resume continues --out and --force replaces it: give one of them")
     _check_output("--out", args.out)
     out_exists = Path(args.out).exists()
+    for flag, other in (("--out", args.out), ("--plot", args.plot)):
+        if other and args.corpus and _same_file(other, args.corpus):
+            raise UsageError(f"{flag} {other} is the corpus: it would be overwritten")
+    if args.plot and _same_file(args.plot, args.out):
+        raise UsageError(f"--plot {args.plot} is --out: give them different names")
     if args.resume and not out_exists:
         raise UsageError(f"--resume: {args.out} does not exist; nothing to resume")
     if out_exists and not (args.resume or args.force):
