@@ -184,10 +184,10 @@ def test_sampling_is_seeded_and_respects_top_k_and_prime(trained):
     a = model.sample(80, seed=3, temperature=0.9)
     assert a == model.sample(80, seed=3, temperature=0.9)
     assert a != model.sample(80, seed=4, temperature=0.9)
-    assert len(a) == 81 and a[0] == " "  # no newline in the corpus: it starts from its first character
+    assert len(a) == 80  # length characters: the start it gives itself (here the first character) is not returned
     greedy = model.sample(40, prime="the ", top_k=1, seed=0)
     assert greedy.startswith("the ") and greedy == model.sample(40, prime="the ", top_k=1, seed=99)
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
         model.sample(5, temperature=0)
 
 
@@ -364,3 +364,31 @@ def test_cli_backends_lists_the_default_first_in_a_fresh_process(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == fastrnn.get_backend()
+
+
+def test_sampling_limits_and_arguments(trained):
+    """A tiny temperature once overflowed the logits (NaN weights, 20 copies of character 0):
+    its limit is the greedy draw. Non-finite probabilities and bad arguments are named."""
+    model = trained
+    greedy = model.sample(30, prime="the ", top_k=1, seed=0)
+    for t in (1e-300, 1e-310, 5e-324):
+        assert model.sample(30, prime="the ", temperature=t, seed=1) == greedy
+    assert len(model.sample(7)) == 7 and model.sample(0) == ""
+    for kw, error, message in [
+        ({"temperature": float("inf")}, ValueError, "temperature must be a positive finite number"),
+        ({"temperature": "1"}, ValueError, "temperature must be a positive finite number"),
+        ({"temperature": None}, ValueError, "temperature must be a positive finite number"),
+        ({"top_k": 2.5}, ValueError, "top_k must be a positive integer"),
+        ({"top_k": True}, ValueError, "top_k must be a positive integer"),
+        ({"top_k": "3"}, ValueError, "top_k must be a positive integer"),
+        ({"prime": ["a"]}, TypeError, "prime must be a str"),
+        ({"rng": 42}, TypeError, "rng must be a numpy.random.Generator"),
+        ({"seed": -1}, ValueError, "seed must be None or a non-negative integer"),
+    ]:
+        with pytest.raises(error, match=message):
+            model.sample(5, **kw)
+    V = model.params.V.copy()
+    V[:] = np.finfo(V.dtype).max  # finite weights whose logits overflow
+    huge = fastrnn.CharRNN(model.vocab, params=model.params._replace(V=V))
+    with pytest.raises(ValueError, match="probabilities are not finite"), np.errstate(all="ignore"):
+        huge.sample(5, seed=0)

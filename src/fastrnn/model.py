@@ -6,6 +6,8 @@ module does not know about files.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import api
@@ -81,13 +83,23 @@ class CharRNN:
         """
         if isinstance(length, (bool, np.bool_)) or not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"length must be a non-negative integer, got {length!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
-        if top_k is not None and not 1 <= top_k:
+        real = isinstance(temperature, (int, float, np.integer, np.floating)) and not isinstance(temperature, (bool, np.bool_))
+        if not real or not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer))
+                                  or top_k < 1):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        rng = rng if rng is not None else np.random.default_rng(seed)
+        if not isinstance(prime, str):
+            raise TypeError(f"prime must be a str, got {type(prime).__name__}")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        try:
+            rng = rng if rng is not None else np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"seed must be None or a non-negative integer, got {seed!r}") from None
         h = np.zeros(self.hidden, dtype=self.dtype)
-        if not prime:  # start as a text starts: after a newline, if the vocabulary has one
+        given = prime
+        if not prime:  # start as a text starts: after a newline, if the vocabulary has one (not returned)
             prime = "\n" if "\n" in self.vocab.chars else self.vocab.chars[0]
         prime_ids = self.vocab.encode(prime)
         params, _ = api._checked_params(self.params)  # once, and the prime once; the draws need no check
@@ -100,11 +112,16 @@ class CharRNN:
             k = _draw(p, temperature, top_k, rng)
             out.append(k)
             p, h = step(k, h)
-        return prime + self.vocab.decode(out)
+        return given + self.vocab.decode(out)
 
 
 def _draw(p, temperature, top_k, rng):
-    logits = np.log(np.maximum(p.astype(np.float64), 1e-300)) / temperature
+    if not np.isfinite(p).all():
+        raise ValueError("the model's next-character probabilities are not finite (its weights overflow)")
+    logits = np.log(np.maximum(p.astype(np.float64), 1e-300))
+    logits -= logits.max()  # before dividing: a tiny temperature then gives 0 and −Inf, never Inf − Inf
+    with np.errstate(over="ignore"):
+        logits /= temperature
     if top_k is not None and top_k < len(logits):
         cut = np.partition(logits, -top_k)[-top_k]
         logits = np.where(logits >= cut, logits, -np.inf)
