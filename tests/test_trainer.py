@@ -341,3 +341,28 @@ def test_smoothed_loss_is_a_bias_corrected_average(vocab, ids):
 def test_trainer_names_bad_arguments(vocab, ids, kw, error, message):
     with pytest.raises(error, match=message):
         _trainer(vocab, ids, **kw)
+
+
+def test_run_evaluate_batcher_and_decode_name_bad_arguments(vocab, ids, tmp_path):
+    """These failed late or from inside: run(callbacks=None) after its first step,
+    evaluate(seq_len=0) in range(), Batcher(ids, 2.5, 5) on a slice; decode([-1]) gave the last character."""
+    from fastrnn.data import Batcher
+    from fastrnn.train import evaluate
+
+    tr = _trainer(vocab, ids)
+    with pytest.raises(TypeError, match="callbacks must be a sequence of callables, got NoneType"):
+        tr.run(1, progress=False, callbacks=None)
+    with pytest.raises(TypeError, match="callbacks must be a sequence of callables, got one int"):
+        tr.run(1, progress=False, callbacks=[3])
+    with pytest.raises(TypeError, match="checkpoint must be a path"):
+        tr.run(1, progress=False, checkpoint=123)
+    assert tr.step_count == 0  # refused before the first step
+    for seq_len in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+            evaluate(tr.model, ids, seq_len=seq_len)
+    with pytest.raises(TypeError, match="batch must be an integer, got 2.5"):
+        Batcher(ids, 2.5, 5)
+    for bad in ([-1], [len(vocab.chars)], [0.5]):
+        with pytest.raises(ValueError, match=r"ids must be integers in \[0, "):
+            vocab.decode(bad)
+    assert vocab.decode([]) == ""

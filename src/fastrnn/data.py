@@ -57,7 +57,11 @@ class Vocab:
             raise ValueError(f"character {exc.args[0]!r} is not in the vocabulary") from None
 
     def decode(self, ids):
-        return "".join(self.chars[i] for i in np.asarray(ids).ravel())
+        ids = np.asarray(ids)
+        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self.chars)):
+            raise ValueError(f"ids must be integers in [0, {len(self.chars)}) to decode, got {ids.dtype} "
+                             f"from {ids.min()} to {ids.max()}")
+        return "".join(self.chars[i] for i in ids.ravel())
 
 
 class Batcher:
@@ -79,6 +83,9 @@ class Batcher:
 
     def __init__(self, ids, n, T):
         ids = np.asarray(ids)
+        for name, k in (("batch", n), ("seq_len", T)):
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {k!r}")
         if n < 1 or T < 1:
             raise ValueError(f"batch and seq_len must be positive, got n={n}, T={T}")
         L = len(ids) // n

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -88,6 +89,7 @@ def evaluate(model, ids, *, batch=16, seq_len=100):
     """Mean negative log-likelihood (nats per token) of ``ids`` under ``model``,
     reading it as ``batch`` streams with the state carried across windows."""
     ids = check_token_ids("ids", ids, len(model.vocab))
+    batch, seq_len = _positive_int("batch", batch), _positive_int("seq_len", seq_len)
     batch = max(1, min(batch, (len(ids) - 1) // 2))
     L = len(ids) // batch
     streams = ids[: batch * L].reshape(batch, L).T  # (L, batch)
@@ -347,7 +349,16 @@ class Trainer:
         if checkpoint_every is not None:
             checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
         if checkpoint is not None:
+            if not isinstance(checkpoint, (str, os.PathLike)):
+                raise TypeError(f"checkpoint must be a path (str or os.PathLike), got {type(checkpoint).__name__}")
             self._on_root(lambda: check_output_path(checkpoint))
+        try:
+            callbacks = list(callbacks)
+        except TypeError:
+            raise TypeError(f"callbacks must be a sequence of callables, got {type(callbacks).__name__}") from None
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be a sequence of callables, got one {type(cb).__name__}")
         bar = _progress(steps, progress and self.is_root)
         tokens = self.seq_len * self.batch
         t0 = time.perf_counter()
