@@ -227,3 +227,16 @@ def test_clipping_and_make_optimizer_name_their_arguments():
         optim.make_optimizer(["adam"], _params())
     with pytest.raises(TypeError, match=r"optimizer keyword arguments must be a dict, got list"):
         optim.make_optimizer("adam", _params(), [1, 2])
+
+
+@pytest.mark.parametrize("name, slot", [("adam", "s"), ("adagrad", "sum_sq"), ("rmsprop", "mean_sq")])
+def test_load_state_dict_refuses_negative_sums_of_squares(name, slot):
+    """A hand-edited negative second moment loaded, and the first step then made a NaN."""
+    opt = optim.make_optimizer(name, _params())
+    opt.step(_grads())
+    state = opt.state_dict()
+    state[f"{slot}.W"] = state[f"{slot}.W"].copy()
+    state[f"{slot}.W"][0, 0] = -1e-3
+    fresh = optim.make_optimizer(name, _params())
+    with pytest.raises(ValueError, match=rf"optimizer state {slot}.W holds -0.001: a sum of squares is never negative"):
+        fresh.load_state_dict(state)

@@ -366,3 +366,10 @@ def test_run_evaluate_batcher_and_decode_name_bad_arguments(vocab, ids, tmp_path
         with pytest.raises(ValueError, match=r"ids must be integers in \[0, "):
             vocab.decode(bad)
     assert vocab.decode([]) == ""
+
+
+def test_save_to_a_directory_names_it(vocab, ids, tmp_path):
+    tr = _trainer(vocab, ids)
+    with pytest.raises(ValueError, match="is a directory"):
+        tr.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -129,6 +129,8 @@ class Optimizer:
 
     #: names of the per-parameter state arrays
     slots: tuple = ()
+    #: those that hold sums of squares: never negative (a hand-edited checkpoint could make them so)
+    squares: tuple = ()
 
     def __init__(self, params, lr):
         if isinstance(params, DeepParams):
@@ -244,6 +246,8 @@ class Optimizer:
                     raise ValueError(f"optimizer state {s}.{k} is {src.dtype}{src.shape}, expected {a.dtype}{a.shape}")
                 if not _all_finite(src):
                     raise ValueError(f"optimizer state {s}.{k} contains NaN or Inf")
+                if s in self.squares and src.size and src.min() < 0:
+                    raise ValueError(f"optimizer state {s}.{k} holds {src.min()}: a sum of squares is never negative")
                 loaded[s, k] = src
         self.t, self.lr = int(t), lr
         for s in self.slots:
@@ -286,7 +290,7 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """m += g²; p -= lr·g / sqrt(m + eps) (min-char-rnn's optimizer, eps = 1e-8)."""
 
-    slots = ("sum_sq",)
+    slots = squares = ("sum_sq",)
 
     def __init__(self, params, lr=DEFAULT_LR["adagrad"], eps=1e-8):
         super().__init__(params, lr)
@@ -304,7 +308,7 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """m = ρ·m + (1−ρ)·g²; p -= lr·g / (sqrt(m) + eps)."""
 
-    slots = ("mean_sq",)
+    slots = squares = ("mean_sq",)
 
     def __init__(self, params, lr=DEFAULT_LR["rmsprop"], rho=0.9, eps=1e-8):
         super().__init__(params, lr)
@@ -326,7 +330,7 @@ class Adam(Optimizer):
     """m = β1·m + (1−β1)·g; s = β2·s + (1−β2)·g²; p -= lr·m̂ / (sqrt(ŝ) + eps),
     with the bias corrections m̂ = m / (1 − β1ᵗ), ŝ = s / (1 − β2ᵗ)."""
 
-    slots = ("m", "s")
+    slots, squares = ("m", "s"), ("s",)
 
     def __init__(self, params, lr=DEFAULT_LR["adam"], betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, lr)
