@@ -254,3 +254,11 @@ def test_more_arguments_are_named(good):
     for k, error in ((np.array([2]), ValueError), (np.array([2, 3]), ValueError), (np.True_, TypeError)):
         with pytest.raises(error, match=r"threads must be a positive integer or 'auto'"):
             fastrnn.set_num_threads(k)
+
+
+def test_init_params_names_sizes_no_array_can_hold():
+    """A hidden size of 10**20 failed inside numpy ("Maximum allowed dimension exceeded"), and numpy
+    integer sizes could wrap their products."""
+    for h in (10**20, np.int64(2**40)):
+        with pytest.raises(ValueError, match=rf"d=3, h={h}, v=4 need arrays larger than this machine can address"):
+            fastrnn.init_params(3, h, 4)

@@ -137,6 +137,7 @@ def init_params(
     for name, value in (("d", d), ("h", h), ("v", v)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    d, h, v = int(d), int(h), int(v)  # Python ints: the size products below must not wrap
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -150,8 +151,11 @@ def init_params(
         rng = np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"seed must be None, a non-negative integer or a numpy Generator, got {seed!r}") from None
+    D = 2 if bidirectional else 1
+    largest = max(d, D * h) * h + h * h + D * h * v  # elements of the largest arrays drawn at once
+    if largest * 8 > np.iinfo(np.intp).max:
+        raise ValueError(f"d={d}, h={h}, v={v} need arrays larger than this machine can address")
     if num_layers > 1 or bidirectional or nonlinearity != "tanh":
-        D = 2 if bidirectional else 1
         layers = []
         for l in range(num_layers):
             d_in = d if l == 0 else D * h
