@@ -484,7 +484,8 @@ class Trainer:
             raise CheckpointError(f"{path}: bad training settings ({exc})") from None
         if meta.get("corpus") != corpus_fingerprint(trainer.train_ids):
             tokens = meta.get("corpus", {}).get("tokens") if isinstance(meta.get("corpus"), dict) else None
-            raise CheckpointError(f"{path}: was trained on another corpus ({tokens} tokens)")
+            raise CheckpointError(f"{path}: was trained on other tokens ({tokens} training tokens, these are "
+                                  f"{len(trainer.train_ids)}): another corpus, or another validation split of it")
         if type(optimizer) is not type(trainer.optimizer):
             raise CheckpointError(f"{path}: meta says optimizer {meta['optimizer']!r}, the state is {type(optimizer).__name__}")
         trainer.optimizer = optimizer
