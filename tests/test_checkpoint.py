@@ -208,7 +208,7 @@ def test_object_arrays_and_pickles_are_not_a_checkpoint_and_never_suggest_allow_
 
 def test_leftover_temporary_files_are_removed_at_the_next_save(tmp_path):
     model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
-    (tmp_path / "m.npz.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "m.npz.0123456789ab.tmp").write_bytes(b"half a checkpoint")  # as fastrnn <= 0.4 named them
     (tmp_path / "other.npz.x.tmp").write_bytes(b"not ours")
     save_checkpoint(tmp_path / "m.npz", model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "other.npz.x.tmp"]
@@ -296,13 +296,23 @@ def test_a_live_process_s_temporary_file_is_left_alone(tmp_path):
     import subprocess
     import sys
 
+    from fastrnn.checkpoint import _HOST, STALE_AFTER
+
     model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    mine, live, gone = (f"m.npz.{pid}-abc123.tmp" for pid in (os.getpid(), os.getppid(), int(dead.stdout)))
-    for name in (mine, live, gone):
-        (tmp_path / name).write_bytes(b"half a checkpoint")
+    name = lambda host, pid: f"m.npz.{host}-{pid}-0123456789ab.tmp"  # noqa: E731
+    mine, live, gone = (name(_HOST, pid) for pid in (os.getpid(), os.getppid(), int(dead.stdout)))
+    elsewhere, old_elsewhere = name("othermachine", os.getpid()), name("othermachine", 7)
+    another = f"m.npz.npz.{_HOST}-{os.getppid()}-0123456789ab.tmp"  # m.npz.npz's: saving m.npz must not see it
+    for leftover in (mine, live, gone, elsewhere, old_elsewhere, another):
+        (tmp_path / leftover).write_bytes(b"half a checkpoint")
+    hour_ago = __import__("time").time() - STALE_AFTER - 1
+    os.utime(tmp_path / old_elsewhere, (hour_ago, hour_ago))
     save_checkpoint(tmp_path / "m.npz", model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live])
+    # left: the running process's, the other machine's recent one, and the other checkpoint's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live, elsewhere, another])
+    save_checkpoint(tmp_path / "m", model)  # "m" sees m.npz's files through its glob: none is its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", "m.npz", live, elsewhere, another])
 
 
 def test_a_save_during_another_process_s_save_lets_both_finish(tmp_path):
@@ -371,3 +381,28 @@ def test_special_files_are_neither_read_nor_replaced(tmp_path):
         check_output_path(tmp_path / "f.npz")
     with pytest.raises(ValueError, match=r"cannot create a file beside it \(File name too long\)"):
         check_output_path(tmp_path / ("m" * 245 + ".npz"))  # a legal name; its temporary file's is not
+
+
+def test_save_refuses_an_optimizer_that_would_not_load_back(tmp_path):
+    """An lr set to 0 (or below float32's smallest number) after construction, or an edited
+    state, was written and then refused by load_checkpoint."""
+    from fastrnn import optim
+
+    model = fastrnn.CharRNN(Vocab("abc"), 3, seed=0)
+    opt = optim.Adam(model.params)
+    for lr in (0.0, 1e-46):
+        opt.lr = lr
+        with pytest.raises(CheckpointError, match=r"refusing to write an optimizer that would not load back \(lr must"):
+            save_checkpoint(tmp_path / "m.npz", model, optimizer=opt)
+    opt.lr = 1e-3
+    opt.state["s"][1][0, 0] = -1.0
+    with pytest.raises(CheckpointError, match=r"s.W holds -1.0: a sum of squares is never negative"):
+        save_checkpoint(tmp_path / "m.npz", model, optimizer=opt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_loads_from_a_file_object(good):
+    import io
+
+    path, _ = good
+    assert load_checkpoint(io.BytesIO(path.read_bytes()))[0].hidden == 6

@@ -201,3 +201,11 @@ def test_outputs_that_would_overwrite_an_input_are_refused(capsys, corpus, tmp_p
     link.symlink_to(tmp_path / corpus)
     rc, out, err = run(capsys, "train", corpus, "--steps", "2", *SMALL, "--out", "link.txt", "--force")
     assert_one_line_error(rc, err, "is the corpus")
+
+
+def test_plot_naming_the_corpus_or_the_checkpoint_is_refused_first(capsys, corpus, tmp_path):
+    rc, out, err = run(capsys, "train", corpus, "--steps", "2", *SMALL, "--plot", corpus)
+    assert_one_line_error(rc, err, "--plot corpus.txt is the corpus: it would be overwritten")
+    rc, out, err = run(capsys, "train", corpus, "--steps", "2", *SMALL, "--plot", "m.npz", "--out", "m.npz")
+    assert_one_line_error(rc, err, "--plot m.npz is --out: give them different names")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]

@@ -138,3 +138,15 @@ def test_relu_states_checked_in_rnn_backward():
     H = -np.ones((2, 1, 4))
     with pytest.raises(ValueError, match=r"H must hold the hidden states rnn_forward returned \(values in \[0, inf\)"):
         fastrnn.rnn_backward(H, H, x, p.U, p.W, nonlinearity="relu", lengths=[2])
+
+
+def test_batch_first_targets_come_back_time_major_and_c_contiguous():
+    """np.where kept the swapped view's Fortran order: the fused Numba step then compiled an
+    extra specialisation and read the targets with strides."""
+    from fastrnn import _validate
+
+    y = np.arange(12).reshape(4, 3) % 5  # (n, T) batch-first
+    layout = _validate.Layout(3, 4, False, True)
+    out, counted = _validate.check_targets_counted(y, layout, 5, np.array([3, 1, 2, 3]), -100)
+    assert out.flags.c_contiguous and out.shape == (3, 4) and counted == 9
+    np.testing.assert_array_equal(out, np.where(np.arange(3)[:, None] < [3, 1, 2, 3], y.T, -1))

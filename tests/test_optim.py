@@ -221,8 +221,14 @@ def test_clipping_and_make_optimizer_name_their_arguments():
     """These once failed inside np.clip or with "unhashable type: 'list'"."""
     for clip in (optim.clip_by_value, optim.clip_by_global_norm):
         for grads in (tuple(_grads()[:5]), None):
-            with pytest.raises(TypeError, match=r"grads must be a fastrnn.Grads or fastrnn.DeepGrads, got"):
+            with pytest.raises(TypeError, match=r"grads must be a fastrnn.Grads or fastrnn.DeepGrads \(fields U, W, V, b, c\), got"):
                 clip(grads, 1.0)
+    # any container with the five fields will do: a Params holding gradients, say
+    as_params = fastrnn.Params(*_grads(value=3.0)[:5])
+    assert optim.clip_by_global_norm(as_params, 1.0) == pytest.approx(3.0 * np.sqrt(6 + 4 + 6 + 2 + 3))
+    p = _params()
+    optim.SGD(p, lr=1.0).step(fastrnn.Params(*_grads(value=0.25)[:5]))
+    assert (p.U == 0.25).all()
     with pytest.raises(ValueError, match=r"optimizer must be one of sgd, adagrad, rmsprop, adam, got \['adam'\]"):
         optim.make_optimizer(["adam"], _params())
     with pytest.raises(TypeError, match=r"optimizer keyword arguments must be a dict, got list"):

@@ -369,7 +369,8 @@ def test_run_evaluate_batcher_and_decode_name_bad_arguments(vocab, ids, tmp_path
 
 
 def test_save_to_a_directory_names_it(vocab, ids, tmp_path):
+    (tmp_path / "d").mkdir()
     tr = _trainer(vocab, ids)
     with pytest.raises(ValueError, match="is a directory"):
-        tr.save(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+        tr.save(tmp_path / "d")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and list((tmp_path / "d").iterdir()) == []

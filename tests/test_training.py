@@ -374,6 +374,7 @@ def test_sampling_limits_and_arguments(trained):
     for t in (1e-300, 1e-310, 5e-324):
         assert model.sample(30, prime="the ", temperature=t, seed=1) == greedy
     assert len(model.sample(7)) == 7 and model.sample(0) == ""
+    assert len(model.sample(7, rng=np.random.RandomState(0))) == 7  # anything with random() draws
     for kw, error, message in [
         ({"temperature": float("inf")}, ValueError, "temperature must be a positive finite number"),
         ({"temperature": "1"}, ValueError, "temperature must be a positive finite number"),
@@ -382,7 +383,7 @@ def test_sampling_limits_and_arguments(trained):
         ({"top_k": True}, ValueError, "top_k must be a positive integer"),
         ({"top_k": "3"}, ValueError, "top_k must be a positive integer"),
         ({"prime": ["a"]}, TypeError, "prime must be a str"),
-        ({"rng": 42}, TypeError, "rng must be a numpy.random.Generator"),
+        ({"rng": 42}, TypeError, r"rng must have a random\(\) method"),
         ({"seed": -1}, ValueError, "seed must be None or a non-negative integer"),
     ]:
         with pytest.raises(error, match=message):

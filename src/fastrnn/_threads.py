@@ -109,8 +109,7 @@ def check(value, what="threads"):
     """A thread setting: a positive integer, or None for ``None``/``"auto"``."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
-    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's, without importing numpy here
-    if is_bool or not isinstance(value, (int, str)) and not hasattr(value, "__index__"):
+    if isinstance(value, bool) or not isinstance(value, (int, str)) and not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be a positive integer or 'auto', got {value!r}")
     try:
         k = int(value)

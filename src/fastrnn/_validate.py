@@ -288,19 +288,16 @@ def check_step_batch(inputs, targets, h0, d, h, v, dtype):
     return x, y, check_h0(h0, layout, h, dtype), layout
 
 
-def _check_reduction_name(reduction):
+def check_reduction_name(reduction):
+    """'mean' or 'sum' (a str: an array would compare element-wise)."""
     if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
 
 
 def check_reduction(reduction, T, n):
     """The loss scale: 1/(T·n) for 'mean', 1 for 'sum'."""
-    _check_reduction_name(reduction)
-    if reduction == "mean":
-        return 1.0 / (T * n)
-    if reduction == "sum":
-        return 1.0
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return 1.0 / (T * n) if check_reduction_name(reduction) == "mean" else 1.0
 
 
 # --------------------------------------------------------------------------
@@ -413,7 +410,8 @@ def check_targets_counted(targets, layout, v, lengths, ignore_index):
     bad = counted & ((y < 0) | (y >= v))
     if bad.any():
         raise ValueError(f"targets holds class {y[bad][0]}, outside [0, v={v}) and not ignore_index={ignore_index}")
-    return np.where(counted, y.astype(np.intp), -1), int(counted.sum())  # what is not counted (may wrap) is −1
+    # what is not counted (and may have wrapped in the cast) is −1; C order whatever the caller's layout
+    return np.ascontiguousarray(np.where(counted, y.astype(np.intp), -1)), int(counted.sum())
 
 
 def check_deep_h0(h0, layout, LD, h, dtype, name="h0"):
@@ -434,9 +432,4 @@ def check_deep_h0(h0, layout, LD, h, dtype, name="h0"):
 def check_mean_scale(reduction, counted):
     """'mean': 1/(number of counted targets), 1 when none counts (the loss is then 0);
     'sum': 1."""
-    _check_reduction_name(reduction)
-    if reduction == "mean":
-        return 1.0 / max(counted, 1)
-    if reduction == "sum":
-        return 1.0
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return 1.0 / max(counted, 1) if check_reduction_name(reduction) == "mean" else 1.0

@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
+import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -75,15 +78,29 @@ def check_output_path(path, what="checkpoint"):
     os.unlink(tmp)
 
 
+#: This machine in temporary file names (letters, digits and _ only), with the process id:
+#: a process id means something only on its own machine.
+_HOST = re.sub(r"\W", "_", socket.gethostname(), flags=re.ASCII)[:32] or "host"
+#: A temporary file this old is a leftover whoever wrote it (no save takes an hour).
+STALE_AFTER = 3600.0
+
+
 def _remove_leftovers(path):
     """Remove the temporary files of earlier saves to ``path`` that never finished: this
-    process's, and those of processes that no longer run. A live process's temporary file
-    is another save in progress (two runs writing one checkpoint): left alone."""
+    process's, those of processes of this machine that no longer run, those of older
+    fastrnn versions (no process id in the name), and any an hour old. A running
+    process's, or another machine's recent one, is another save in progress (two runs
+    writing one checkpoint): left alone."""
+    ours = re.compile(re.escape(path.name) + r"\.(?:(\w+)-(\d+)-)?[0-9a-f]{12}\.tmp", flags=re.ASCII)
     for leftover in path.parent.glob(f"{glob_escape(path.name)}.*.tmp"):
-        pid = leftover.name[len(path.name) + 1:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+        match = ours.fullmatch(leftover.name)
+        if match is None:  # another file's (saving ``run`` sees ``run.npz``'s)
             continue
+        host, pid = match.group(1), match.group(2)
         try:
+            if host is not None and time.time() - leftover.stat().st_mtime < STALE_AFTER:
+                if host != _HOST or (int(pid) != os.getpid() and _running(int(pid))):
+                    continue
             leftover.unlink()
         except OSError:
             pass
@@ -104,11 +121,11 @@ def glob_escape(name):
 
 
 def _new_temporary(path):
-    """(fd, name) of a new file ``<name>.<pid>-<random>.tmp`` beside ``path``, with the mode
+    """(fd, name) of a new file ``<name>.<host>-<pid>-<random>.tmp`` beside ``path``, with the mode
     ``open()`` gives a new file (0o666 less the umask; mkstemp's would be 0o600)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = path.parent / f"{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f"{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # pragma: no cover - 48 random bits
@@ -165,7 +182,12 @@ def save_checkpoint(path, model, *, optimizer=None, state=None, meta=None):
     }
     arrays = {f"params.{k}": a for k, a in zip(Params._fields, model.params)}
     if optimizer is not None:
-        arrays.update({f"optim.{k}": a for k, a in optimizer.state_dict().items()})
+        saved = optimizer.state_dict()
+        try:  # what loading will do (its lr may have been set since, its state edited)
+            optim.make_optimizer(_optimizer_name(optimizer), model.params, optimizer.config()).load_state_dict(saved)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: refusing to write an optimizer that would not load back ({exc})") from None
+        arrays.update({f"optim.{k}": a for k, a in saved.items()})
     for k, a in (state or {}).items():
         arrays[f"state.{k}"] = np.asarray(a)
     for k, a in arrays.items():
@@ -206,7 +228,8 @@ def _json_default(x):
 
 def _read_members(path):
     """The archive's arrays by name (without ``.npy``), read defensively."""
-    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+    if isinstance(path, (str, os.PathLike)) and os.path.exists(path) and not os.path.isdir(path) \
+            and not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a regular file")  # a FIFO would block the read
     try:
         zf = zipfile.ZipFile(path)

@@ -209,6 +209,11 @@ def cmd_train(args):
     from .train import Trainer, TrainingInterrupted
 
     # Everything that can be checked is checked before any work starts.
+    for flag, other in (("--out", args.out), ("--plot", args.plot)):
+        if other and args.corpus and _same_file(other, args.corpus):
+            raise UsageError(f"{flag} {other} is the corpus: it would be overwritten")
+    if args.plot and _same_file(args.plot, args.out):
+        raise UsageError(f"--plot {args.plot} is --out: give them different names")
     if args.plot:
         _check_output("--plot", args.plot)
         try:
@@ -221,11 +226,6 @@ def cmd_train(args):
         raise UsageError("--resume continues --out and --force replaces it: give one of them")
     _check_output("--out", args.out)
     out_exists = Path(args.out).exists()
-    for flag, other in (("--out", args.out), ("--plot", args.plot)):
-        if other and args.corpus and _same_file(other, args.corpus):
-            raise UsageError(f"{flag} {other} is the corpus: it would be overwritten")
-    if args.plot and _same_file(args.plot, args.out):
-        raise UsageError(f"--plot {args.plot} is --out: give them different names")
     if args.resume and not out_exists:
         raise UsageError(f"--resume: {args.out} does not exist; nothing to resume")
     if out_exists and not (args.resume or args.force):

@@ -91,8 +91,8 @@ class CharRNN:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         if not isinstance(prime, str):
             raise TypeError(f"prime must be a str, got {type(prime).__name__}")
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise TypeError(f"rng must have a random() method (a numpy Generator, say), got {type(rng).__name__}")
         try:
             rng = rng if rng is not None else np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ._params import DeepGrads, DeepParams, Grads, Params
+from ._params import DeepGrads, DeepParams, Params
 from ._validate import check_deep_params, check_params
 
 __all__ = [
@@ -78,8 +78,10 @@ def _named(tree):
 
 
 def _param_grads(grads):
-    if not isinstance(grads, (Grads, DeepGrads)):
-        raise TypeError(f"grads must be a fastrnn.Grads or fastrnn.DeepGrads, got {type(grads).__name__}")
+    fields = ("layers", "V", "c") if isinstance(grads, DeepGrads) else _FIELDS
+    if not all(hasattr(grads, f) for f in fields):  # any container with U, W, V, b, c will do (a Params, say)
+        raise TypeError(f"grads must be a fastrnn.Grads or fastrnn.DeepGrads (fields {', '.join(_FIELDS)}), "
+                        f"got {type(grads).__name__}")
     return [g for _, g in _named(grads)]
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _threads, api, optim
+from ._validate import check_reduction_name
 from .api import predict_proba
 from .checkpoint import CheckpointError, check_output_path, load_checkpoint, save_checkpoint
 from .data import Batcher
@@ -179,8 +180,7 @@ class Trainer:
         v = len(model.vocab)
         self.seq_len = _positive_int("seq_len", seq_len)
         self.batch = _positive_int("batch", batch)
-        if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        check_reduction_name(reduction)
         self.clip = None if clip is None else optim.check_hyperparameter("clip", clip, "positive")
         self.clip_norm = None if clip_norm is None else optim.check_hyperparameter("clip_norm", clip_norm, "positive")
         self.model = model
@@ -194,10 +194,8 @@ class Trainer:
         kwargs = dict(optimizer_args or {})
         if lr is not None:
             kwargs["lr"] = lr
-        if not isinstance(optimizer, str) or optimizer not in optim.OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer = optim.make_optimizer(optimizer, model.params, kwargs)  # it checks the name
         self.optimizer_name = optimizer
-        self.optimizer = optim.make_optimizer(optimizer, model.params, kwargs)
         self.h = model.zero_state(self.batch)
         self.step_count = 0
         self._ema, self._ema_steps = 0.0, 0
