@@ -170,6 +170,8 @@ def save_checkpoint(path, model, *, optimizer=None, state=None, meta=None):
     checkpoint cannot (objects, complex numbers, bytes, dates: :func:`load_checkpoint`
     would refuse the file), or if ``meta`` is not a JSON object of finite numbers.
     """
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a directory; give a file name")
     if meta is not None and not isinstance(meta, dict):
         raise CheckpointError(f"{path}: meta must be a dict (a JSON object), got {type(meta).__name__}")
     header = {

@@ -435,8 +435,6 @@ class Trainer:
         Under MPI rank 0 writes, for every rank (all hold the same state)."""
         if self._diverged or not self._consistent:
             raise TrainingDiverged("refusing to save: the parameters are NaN or Inf or half-updated")
-        if self.is_root:
-            check_output_path(path)  # a directory, a missing folder: named, before anything is written
         if not self.is_root:
             self._saved_at = (path, self.step_count)
             return
