@@ -108,7 +108,7 @@ def clip_by_global_norm(grads, max_norm):
         peak = max((float(np.max(np.abs(g))) for g in gs if g.size), default=0.0)
         if not math.isfinite(peak):
             return peak
-        units = math.sqrt(sum(float(np.vdot(g / g.dtype.type(peak), g / g.dtype.type(peak))) for g in gs))
+        units = math.sqrt(sum(float(np.vdot(u, u)) for u in (g / g.dtype.type(peak) for g in gs)))
         scale = max_norm / peak / units  # norm = peak · units, which may overflow a float itself
         norm = peak * units
     elif norm > max_norm:

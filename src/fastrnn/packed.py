@@ -60,8 +60,9 @@ def _check_batch_sizes(batch_sizes, N=None):
         raise TypeError(f"batch_sizes must be a non-empty 1-D integer array (T,), got {bs.dtype} {bs.shape}")
     if bs.min() < 1 or np.any(np.diff(bs.astype(np.int64)) > 0):
         raise ValueError("batch_sizes must be positive and non-increasing (sequences sorted longest first)")
-    if N is not None and (bs[0] > N or sum(int(k) for k in bs) != N):  # Python ints: an int64 sum can wrap
-        raise ValueError(f"batch_sizes sum to {sum(int(k) for k in bs)} but data has N={N} rows")
+    total = sum(map(int, bs))  # in Python ints: an int64 sum can wrap round to N
+    if N is not None and total != N:
+        raise ValueError(f"batch_sizes sum to {total} but data has N={N} rows")
     bs = bs.astype(np.intp)
     off = np.zeros(len(bs) + 1, dtype=np.intp)
     np.cumsum(bs, out=off[1:])
